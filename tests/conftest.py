@@ -7,3 +7,40 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Triton kernels run on the CPU through the interpreter (there is no GPU here).
 os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+# --- Shared tiny checkpoints (built once per test session; see tests/checkpoints.py) ---
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    from checkpoints import train_tokenizer
+
+    return train_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+def _checkpoint(tmp_path_factory, tokenizer_dir, arch):
+    from checkpoints import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp(arch), arch, tokenizer_dir=tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory, tokenizer_dir):
+    return _checkpoint(tmp_path_factory, tokenizer_dir, "llama")
+
+
+@pytest.fixture(scope="session")
+def mistral_dir(tmp_path_factory, tokenizer_dir):
+    return _checkpoint(tmp_path_factory, tokenizer_dir, "mistral")
+
+
+@pytest.fixture(scope="session")
+def qwen2_dir(tmp_path_factory, tokenizer_dir):
+    return _checkpoint(tmp_path_factory, tokenizer_dir, "qwen2")
+
+
+@pytest.fixture(scope="session")
+def qwen3_dir(tmp_path_factory, tokenizer_dir):
+    return _checkpoint(tmp_path_factory, tokenizer_dir, "qwen3")

@@ -1,0 +1,141 @@
+"""`strata executor`: serve strata.v1.Executor (plus health and reflection) for one model.
+
+Imports torch only after the thread policy is set: OpenMP reads it once, at load.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import threading
+from concurrent import futures
+from pathlib import Path
+
+log = logging.getLogger("strata.executor")
+
+SERVICE_NAME = "strata.v1.Executor"
+MAX_MESSAGE_BYTES = 256 << 20  # pages may travel inside plans/results later
+GRACE_SECONDS = 2.0
+
+
+def parse_bytes(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a byte size: {text!r} (e.g. 2GiB, 512MiB, 1000000)")
+    unit = (match.group(2) or "").upper().rstrip("B").rstrip("I")
+    return int(float(match.group(1)) * 1024 ** " KMGT".index(unit or " "))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="strata executor", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="save_pretrained directory (default: built-in random model)")
+    parser.add_argument("--data-dir", type=Path, help="default: $STRATA_DATA_DIR or ~/.cache/strata")
+    parser.add_argument("--listen", help="unix:PATH or HOST:PORT (default: unix:<data-dir>/run/executor.sock)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--block-size", type=int, default=16)
+    pool = parser.add_mutually_exclusive_group()
+    pool.add_argument("--num-device-blocks", type=int)
+    pool.add_argument("--kv-cache-bytes", type=parse_bytes, help="e.g. 2GiB (default: from free memory)")
+    parser.add_argument("--max-num-batched-tokens", type=int, default=4096)
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--num-threads", type=int, help="torch threads (default: CPU cores - 1, at least 1)")
+    return parser
+
+
+def set_thread_policy(num_threads: int | None) -> int:
+    """Before torch loads: passive OpenMP waits (busy-waiting cores shared with the other
+    daemons made torch 5-70x slower here) and one thread fewer than the cores, leaving one
+    for the scheduler and kvstore."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if num_threads is None:
+        num_threads = max(1, (os.cpu_count() or 2) - 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(num_threads))
+    return num_threads
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s executor %(levelname)s %(message)s")
+    num_threads = set_thread_policy(args.num_threads)
+    from executor.default_model import default_data_dir
+
+    data_dir = args.data_dir or default_data_dir()
+    listen = args.listen or f"unix:{data_dir / 'run' / 'executor.sock'}"
+    server, health, service = start_server(listen)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        service.runner = load_runner(args, data_dir, num_threads)
+    except Exception as error:  # noqa: BLE001 - report the reason, not a traceback, and exit
+        log.error("cannot start: %s", error)
+        server.stop(0)
+        return 1
+    set_ready(health, True)
+    log.info("ready on %s", listen)
+    while not stop.wait(1.0):
+        pass
+    log.info("shutting down")
+    set_ready(health, False)
+    server.stop(GRACE_SECONDS).wait()
+    return 0
+
+
+def load_runner(args, data_dir: Path, num_threads: int):
+    import torch
+
+    from executor.default_model import ensure_default_model
+    from executor.engine import EngineSettings, build_runner
+
+    torch.set_num_threads(num_threads)
+    log.info("threads: torch %d, OMP_NUM_THREADS=%s, OMP_WAIT_POLICY=%s", torch.get_num_threads(),
+             os.environ.get("OMP_NUM_THREADS"), os.environ.get("OMP_WAIT_POLICY"))
+    model_dir = args.model or ensure_default_model(data_dir)
+    settings = EngineSettings(
+        model_dir=model_dir, dtype=args.dtype, device=args.device, block_size=args.block_size,
+        num_device_blocks=args.num_device_blocks, kv_cache_bytes=args.kv_cache_bytes,
+        max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs)
+    return build_runner(settings)
+
+
+def start_server(listen: str):
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection
+
+    from executor.service import ExecutorService
+    from protos.v1 import executor_pb2, executor_pb2_grpc
+
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
+    service = ExecutorService()
+    executor_pb2_grpc.add_ExecutorServicer_to_server(service, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (executor_pb2.DESCRIPTOR.services_by_name["Executor"].full_name, reflection.SERVICE_NAME,
+             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+    reflection.enable_server_reflection(names, server)
+    if listen.startswith("unix:"):
+        Path(listen.removeprefix("unix:")).parent.mkdir(parents=True, exist_ok=True)
+        Path(listen.removeprefix("unix:")).unlink(missing_ok=True)  # a stale socket of a dead run
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise SystemExit(f"cannot listen on {listen}")
+    server.start()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+    log.info("listening on %s%s (loading the model)", listen, f" (port {port})" if listen.endswith(":0") else "")
+    return server, health_servicer, service
+
+
+def set_ready(health_servicer, is_ready: bool) -> None:
+    from grpc_health.v1 import health_pb2
+
+    status = health_pb2.HealthCheckResponse.SERVING if is_ready else health_pb2.HealthCheckResponse.NOT_SERVING
+    health_servicer.set(SERVICE_NAME, status)
+    if not is_ready:
+        health_servicer.set("", status)

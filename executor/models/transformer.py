@@ -1,0 +1,104 @@
+"""One decoder-only transformer covering Llama, Mistral, Qwen2 and Qwen3.
+
+The four differ only in switches read from config.json: q/k/v bias (Qwen2), per-head q/k
+RMSNorm and an explicit head_dim (Qwen3), tied embeddings, Llama 3 rope scaling. The forward
+runs over one flat varlen batch and reads/writes K/V through the paged kernels.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kernels import paged_attention, write_kv
+
+from executor.models.config import ModelConfig, llama3_inv_freq_factors
+from executor.models.weights import LayerWeights, ModelWeights
+
+
+class BatchInputs(NamedTuple):
+    """One step's flat batch (T tokens over S sequences), all on the model's device."""
+    input_ids: Tensor        # int64 [T]
+    positions: Tensor        # int64 [T]
+    slot_mapping: Tensor     # int64 [T]: block_id * block_size + offset
+    block_tables: Tensor     # int32 [S, max_blocks]
+    seq_lens: Tensor         # int32 [S]: context length including this step's tokens
+    query_start_loc: Tensor  # int32 [S + 1]
+    logits_indices: Tensor   # int64 [N]: rows of the batch whose next-token logits are wanted
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    # Same order of operations as transformers (normalise in fp32, then scale) for parity.
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def rope_tables(config: ModelConfig, device: torch.device) -> tuple[Tensor, Tensor]:
+    """cos, sin [max_model_len, head_dim] in fp32 (first half repeated, rotate-half layout)."""
+    rope, dim = config.rope, config.head_dim
+    inv_freq = 1.0 / (rope.theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    if rope.rope_type == "llama3":
+        inv_freq = llama3_inv_freq_factors(rope, inv_freq)
+    positions = torch.arange(config.max_model_len, dtype=torch.float32)
+    freqs = positions[:, None] * inv_freq[None, :]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(device), emb.sin().to(device)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x [T, heads, D]; cos/sin [T, 1, D]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class CausalLM:
+    """Stateless forward over a flat batch; the KV state lives in the pool passed in."""
+
+    def __init__(self, config: ModelConfig, weights: ModelWeights, device: torch.device):
+        self.config, self.weights, self.device = config, weights, device
+        self.cos, self.sin = rope_tables(config, device)
+        self.scale = config.head_dim ** -0.5
+
+    @torch.inference_mode()
+    def hidden_states(self, batch: BatchInputs, kv_pool: Tensor) -> Tensor:
+        """Run every layer; return the final-normed hidden states of the logits_indices rows."""
+        x = self.weights.embed[batch.input_ids]
+        cos = self.cos[batch.positions].unsqueeze(1).to(x.dtype)
+        sin = self.sin[batch.positions].unsqueeze(1).to(x.dtype)
+        for index, layer in enumerate(self.weights.layers):
+            x = self._layer(layer, x, cos, sin, batch, kv_pool[:, index])
+        x = x[batch.logits_indices]
+        return rms_norm(x, self.weights.final_norm, self.config.rms_norm_eps)
+
+    @torch.inference_mode()
+    def logits(self, batch: BatchInputs, kv_pool: Tensor) -> Tensor:
+        """fp32 logits [N, vocab] for the batch's logits_indices rows (no other row is projected)."""
+        hidden = self.hidden_states(batch, kv_pool)
+        return F.linear(hidden, self.weights.lm_head).float()
+
+    def _layer(self, layer: LayerWeights, x: Tensor, cos: Tensor, sin: Tensor,
+               batch: BatchInputs, layer_cache: Tensor) -> Tensor:
+        config = self.config
+        num_tokens, head_dim = x.shape[0], config.head_dim
+        h = rms_norm(x, layer.input_norm, config.rms_norm_eps)
+        qkv = F.linear(h, layer.qkv, layer.qkv_bias)
+        q_size, kv_size = config.num_heads * head_dim, config.num_kv_heads * head_dim
+        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(num_tokens, config.num_heads, head_dim)
+        k = k.view(num_tokens, config.num_kv_heads, head_dim)
+        v = v.view(num_tokens, config.num_kv_heads, head_dim)
+        if layer.q_norm is not None:
+            q = rms_norm(q, layer.q_norm, config.rms_norm_eps)
+            k = rms_norm(k, layer.k_norm, config.rms_norm_eps)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        write_kv(layer_cache, k, v, batch.slot_mapping)
+        attn = paged_attention(q, layer_cache, batch.block_tables, batch.seq_lens,
+                               batch.query_start_loc, self.scale)
+        x = x + F.linear(attn.reshape(num_tokens, q_size), layer.o_proj, layer.o_bias)
+        h = rms_norm(x, layer.post_norm, config.rms_norm_eps)
+        gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
+        return x + F.linear(F.silu(gate) * up, layer.down)

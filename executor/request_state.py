@@ -1,0 +1,132 @@
+"""What the executor remembers about each request between steps, and checking a plan against it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from executor.errors import PlanError
+from executor.sampling_params import Sampling, sampling_from_proto
+
+
+@dataclass(slots=True)
+class RequestState:
+    request_id: str
+    token_ids: list[int]  # prompt + outputs; the executor appends each token it samples
+    num_prompt_tokens: int
+    block_ids: list[int]
+    num_computed_tokens: int
+    sampling: Sampling
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+
+class Limits(NamedTuple):
+    num_blocks: int
+    block_size: int
+    vocab_size: int
+    max_model_len: int
+    max_num_batched_tokens: int
+    max_num_seqs: int
+
+
+class ScheduledRequest(NamedTuple):
+    """One request of a validated plan: its state (new or held), blocks to append, tokens to run."""
+    state: RequestState
+    new_block_ids: list[int]
+    num_scheduled_tokens: int
+
+
+def check_plan(plan, requests: dict[str, RequestState], limits: Limits,
+               mapped_arenas: set[str]) -> list[ScheduledRequest]:
+    """Validate the whole plan against held state; change nothing; PlanError says what is wrong.
+
+    Finishing an unknown request id is not an error (a no-op): aborts stay idempotent and a
+    scheduler may finish requests of an executor that restarted under it.
+    """
+    remaining = set(requests) - set(plan.finished_request_ids)
+    scheduled = [_check_new(new, remaining, limits) for new in plan.new_requests]
+    seen = {item.state.request_id for item in scheduled}
+    if len(seen) != len(scheduled):
+        raise PlanError("a request id appears twice in new_requests")
+    for running in plan.running:
+        rid = running.request_id
+        if rid not in remaining:
+            raise PlanError(f"running request {rid!r} is unknown to the executor (never added, finished, "
+                            "or forgotten by Reset): send it in new_requests")
+        if rid in seen:
+            raise PlanError(f"request {rid!r} appears twice in the plan (new_requests/running)")
+        seen.add(rid)
+        scheduled.append(_check_running(running, requests[rid], limits))
+    _check_totals(plan, scheduled, limits)
+    _check_moves(plan, limits, mapped_arenas)
+    return scheduled
+
+
+def _check_new(new, remaining: set[str], limits: Limits) -> ScheduledRequest:
+    rid = new.request_id
+    if not rid:
+        raise PlanError("a new request has an empty request_id")
+    if rid in remaining:
+        raise PlanError(f"new request {rid!r} is already held by the executor: send it in running, "
+                        "or finish it first")
+    if not new.prompt_token_ids:
+        raise PlanError(f"new request {rid!r} has an empty prompt")
+    token_ids = list(new.prompt_token_ids) + list(new.output_token_ids)
+    bad = [t for t in token_ids if t >= limits.vocab_size]
+    if bad:
+        raise PlanError(f"request {rid!r}: token id {bad[0]} >= vocab size {limits.vocab_size}")
+    state = RequestState(rid, token_ids, len(new.prompt_token_ids), [],
+                         new.num_computed_tokens, sampling_from_proto(new.sampling, rid))
+    _check_span(state, list(new.block_ids), new.num_scheduled_tokens, limits)
+    return ScheduledRequest(state, list(new.block_ids), new.num_scheduled_tokens)
+
+
+def _check_running(running, state: RequestState, limits: Limits) -> ScheduledRequest:
+    if running.num_computed_tokens != state.num_computed_tokens:
+        raise PlanError(f"request {state.request_id!r}: plan says {running.num_computed_tokens} computed "
+                        f"tokens, the executor has {state.num_computed_tokens}")
+    new_block_ids = list(running.new_block_ids)
+    _check_span(state, new_block_ids, running.num_scheduled_tokens, limits)
+    return ScheduledRequest(state, new_block_ids, running.num_scheduled_tokens)
+
+
+def _check_span(state: RequestState, new_block_ids: list[int], num_scheduled: int, limits: Limits) -> None:
+    rid, end = state.request_id, state.num_computed_tokens + num_scheduled
+    bad = [b for b in new_block_ids if b >= limits.num_blocks]
+    if bad:
+        raise PlanError(f"request {rid!r}: block id {bad[0]} out of range (the pool has "
+                        f"{limits.num_blocks} blocks: 0..{limits.num_blocks - 1})")
+    if end > len(state.token_ids):
+        raise PlanError(f"request {rid!r}: computed {state.num_computed_tokens} + scheduled {num_scheduled} "
+                        f"tokens exceed the {len(state.token_ids)} known tokens")
+    if end > limits.max_model_len:
+        raise PlanError(f"request {rid!r}: {end} tokens exceed max_model_len {limits.max_model_len}")
+    num_blocks = len(state.block_ids) + len(new_block_ids)
+    if num_blocks * limits.block_size < end:
+        raise PlanError(f"request {rid!r}: {num_blocks} blocks hold {num_blocks * limits.block_size} "
+                        f"tokens, {end} needed: append blocks")
+
+
+def _check_totals(plan, scheduled: list[ScheduledRequest], limits: Limits) -> None:
+    total = sum(item.num_scheduled_tokens for item in scheduled)
+    if total != plan.num_scheduled_tokens:
+        raise PlanError(f"plan.num_scheduled_tokens is {plan.num_scheduled_tokens} but the requests "
+                        f"schedule {total}")
+    if total > limits.max_num_batched_tokens:
+        raise PlanError(f"plan schedules {total} tokens, more than max_num_batched_tokens "
+                        f"{limits.max_num_batched_tokens}")
+    if len(scheduled) > limits.max_num_seqs:
+        raise PlanError(f"plan holds {len(scheduled)} requests, more than max_num_seqs {limits.max_num_seqs}")
+
+
+def _check_moves(plan, limits: Limits, mapped_arenas: set[str]) -> None:
+    for kind, moves in (("loads", plan.loads), ("stores", plan.stores)):
+        for move in moves:
+            if move.arena_id not in mapped_arenas:
+                raise PlanError(f"{kind}: no host arena mapped with id {move.arena_id!r}; the executor "
+                                "maps arenas when a kvstore is attached")
+            if move.block_id >= limits.num_blocks:
+                raise PlanError(f"{kind}: block id {move.block_id} out of range (pool has "
+                                f"{limits.num_blocks} blocks)")

@@ -1,0 +1,83 @@
+"""The executor as a function of the plan: validate, update request state, forward, sample."""
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from executor.batch import build_batch
+from executor.kv_pool import KVPool
+from executor.models.loader import LoadedModel
+from executor.request_state import Limits, RequestState, ScheduledRequest, check_plan
+from executor.sampler import RowContext, sample
+from protos.v1 import common_pb2, executor_pb2
+
+
+class StepOutput(NamedTuple):
+    result: executor_pb2.StepResult
+    logits: Tensor | None            # fp32 [N, vocab], the rows that were sampled (a test hook)
+    sampled_request_ids: list[str]   # request id of each logits row
+
+
+class Runner:
+    """Holds per-request state between steps. Not thread-safe: the daemon serialises Step."""
+
+    def __init__(self, loaded: LoadedModel, pool: KVPool, max_num_batched_tokens: int, max_num_seqs: int):
+        self.loaded, self.pool = loaded, pool
+        config = loaded.config
+        self.limits = Limits(num_blocks=pool.num_blocks, block_size=pool.block_size,
+                             vocab_size=config.vocab_size, max_model_len=config.max_model_len,
+                             max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs)
+        self.requests: dict[str, RequestState] = {}
+        self.mapped_arenas: set[str] = set()  # host arenas arrive with the kvstore integration
+
+    def reset(self) -> None:
+        self.requests.clear()
+
+    def step(self, plan: executor_pb2.StepPlan) -> StepOutput:
+        """Apply one plan. PlanError (nothing changed) if it is malformed."""
+        scheduled = check_plan(plan, self.requests, self.limits, self.mapped_arenas)
+        for request_id in plan.finished_request_ids:
+            self.requests.pop(request_id, None)
+        work = self._admit(scheduled)
+        start = time.perf_counter()
+        logits, states = self._forward(work)
+        result = executor_pb2.StepResult(step_id=plan.step_id)
+        if states:
+            self._sample_into(result, logits, states)
+        result.forward_seconds = time.perf_counter() - start
+        for state, num_scheduled in work:
+            state.num_computed_tokens += num_scheduled
+        return StepOutput(result, logits, [state.request_id for state in states])
+
+    def _admit(self, scheduled: list[ScheduledRequest]) -> list[tuple[RequestState, int]]:
+        work = []
+        for item in scheduled:
+            self.requests[item.state.request_id] = item.state
+            item.state.block_ids.extend(item.new_block_ids)
+            if item.num_scheduled_tokens:
+                work.append((item.state, item.num_scheduled_tokens))
+        return work
+
+    def _forward(self, work: list[tuple[RequestState, int]]) -> tuple[Tensor | None, list[RequestState]]:
+        if not work:
+            return None, []
+        batch = build_batch(work, self.pool.block_size, self.loaded.device)
+        if not batch.sampling_states:
+            # Only prefill chunks: K/V must still be written, but no logits are needed.
+            self.loaded.model.hidden_states(batch.inputs, self.pool.tensor)
+            return None, []
+        return self.loaded.model.logits(batch.inputs, self.pool.tensor), batch.sampling_states
+
+    def _sample_into(self, result, logits: Tensor, states: list[RequestState]) -> None:
+        rows = [RowContext(s.sampling, s.token_ids, s.num_prompt_tokens) for s in states]
+        output = sample(logits, rows)
+        for state, token_id, logprobs in zip(states, output.token_ids, output.logprobs):
+            state.token_ids.append(token_id)
+            sampled = result.sampled.add(request_id=state.request_id, token_id=token_id)
+            if logprobs is not None:
+                sampled.logprobs.CopyFrom(common_pb2.TokenLogprobs(
+                    logprob=logprobs.logprob, top_token_ids=logprobs.top_token_ids,
+                    top_logprobs=logprobs.top_logprobs))

@@ -1,0 +1,73 @@
+"""strata.v1.Executor over gRPC: each RPC is a few lines around the Runner."""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+
+import grpc
+
+from executor.errors import PlanError
+from executor.runner import Runner
+from protos.v1 import executor_pb2, executor_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+def maps_errors(method):
+    """PlanError -> INVALID_ARGUMENT (state untouched); anything else -> INTERNAL, logged."""
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except PlanError as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except Exception as error:  # noqa: BLE001 - the daemon must keep serving
+            if isinstance(error, grpc.RpcError) or context.code() is not None:
+                raise
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+    return wrapper
+
+
+class ExecutorService(executor_pb2_grpc.ExecutorServicer):
+    """The runner arrives once the model is loaded; until then every RPC is UNAVAILABLE."""
+
+    def __init__(self):
+        self.runner: Runner | None = None
+        self.lock = threading.Lock()  # one plan at a time: a step is a function of the last state
+
+    def _ready_runner(self, context) -> Runner:
+        if self.runner is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the executor is still loading its model; retry")
+        return self.runner
+
+    @maps_errors
+    def Describe(self, request, context):
+        return describe(self._ready_runner(context))
+
+    @maps_errors
+    def Step(self, request, context):
+        runner = self._ready_runner(context)
+        with self.lock:
+            return runner.step(request).result
+
+    @maps_errors
+    def Reset(self, request, context):
+        runner = self._ready_runner(context)
+        with self.lock:
+            runner.reset()
+        return executor_pb2.ResetResponse()
+
+
+def describe(runner: Runner) -> executor_pb2.DescribeResponse:
+    loaded, pool, config = runner.loaded, runner.pool, runner.loaded.config
+    device = str(loaded.device) if loaded.device.type == "cpu" else f"cuda:{loaded.device.index or 0}"
+    return executor_pb2.DescribeResponse(
+        model_id=loaded.model_id, architecture=config.architecture, model_path=str(loaded.path),
+        dtype=str(loaded.dtype).removeprefix("torch."), kv_dtype=str(pool.dtype).removeprefix("torch."),
+        device=device, block_size=pool.block_size, num_blocks=pool.num_blocks,
+        page_bytes=pool.page_bytes, num_layers=config.num_layers, num_kv_heads=config.num_kv_heads,
+        head_dim=config.head_dim, vocab_size=config.vocab_size, max_model_len=config.max_model_len,
+        max_num_batched_tokens=runner.limits.max_num_batched_tokens,
+        max_num_seqs=runner.limits.max_num_seqs, eos_token_ids=config.eos_token_ids)
