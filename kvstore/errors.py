@@ -1,0 +1,26 @@
+"""Errors the kvstore raises for bad input or lack of room; the service maps each to a gRPC status."""
+import grpc
+
+
+class KVStoreError(Exception):
+    """Base: carries the gRPC status code a client sees, and a message saying what to change."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(KVStoreError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotRegistered(KVStoreError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class LeaseNotFound(KVStoreError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class NoRoom(KVStoreError):
+    """Backpressure: every slot is pinned or being written; retry after leases complete."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -1,0 +1,70 @@
+"""The RAM tier: one arena per page size, all under one byte budget."""
+import os
+import secrets
+
+from kvstore.arena import Arena, align_up
+from kvstore.errors import InvalidArgument
+
+
+class RamTier:
+    """Slot bookkeeping only; the store decides what to evict when `can_allocate` is False.
+
+    Each arena is sized to the whole budget (tmpfs files are sparse) so any layout may use all
+    of it; `num_used_bytes` over all arenas never exceeds `capacity_bytes`."""
+
+    def __init__(self, shm_dir: str, capacity_bytes: int) -> None:
+        self.shm_dir = shm_dir
+        self.capacity_bytes = capacity_bytes
+        self.arenas: dict[int, Arena] = {}
+        self.free_slots: dict[int, list[int]] = {}
+        self.num_used_bytes = 0
+        self.num_prefaulted_bytes = 0
+        self.tag = f"strata-kv-{os.getpid()}-{secrets.token_hex(4)}"
+
+    @staticmethod
+    def arena_id(page_bytes: int) -> str:
+        return f"ram-{page_bytes}"
+
+    def arena(self, page_bytes: int) -> Arena:
+        """The arena of this page size, created (and pre-faulted within the budget) on first use."""
+        arena = self.arenas.get(page_bytes)
+        if arena is not None:
+            return arena
+        slot_bytes = align_up(page_bytes)
+        num_slots = self.capacity_bytes // slot_bytes
+        if num_slots == 0:
+            raise InvalidArgument(f"page_bytes {page_bytes} exceeds the RAM tier "
+                                  f"({self.capacity_bytes} bytes): raise --ram")
+        path = os.path.join(self.shm_dir, f"{self.tag}-{page_bytes}")
+        arena = Arena.create(path, slot_bytes, num_slots)
+        num_prefault = min(slot_bytes * num_slots, self.capacity_bytes - self.num_prefaulted_bytes)
+        arena.prefault(max(num_prefault, 0))
+        self.num_prefaulted_bytes += max(num_prefault, 0)
+        self.arenas[page_bytes] = arena
+        self.free_slots[page_bytes] = list(range(num_slots - 1, -1, -1))  # pop() gives slot 0 first
+        return arena
+
+    def can_allocate(self, page_bytes: int) -> bool:
+        arena = self.arena(page_bytes)
+        return bool(self.free_slots[page_bytes]) and \
+            self.num_used_bytes + arena.slot_bytes <= self.capacity_bytes
+
+    def allocate(self, page_bytes: int) -> int:
+        assert self.can_allocate(page_bytes), "call can_allocate first"
+        self.num_used_bytes += self.arenas[page_bytes].slot_bytes
+        return self.free_slots[page_bytes].pop()
+
+    def free(self, page_bytes: int, slot: int) -> None:
+        self.num_used_bytes -= self.arenas[page_bytes].slot_bytes
+        self.free_slots[page_bytes].append(slot)
+
+    def free_and_release(self, page_bytes: int, slot: int) -> None:
+        """Free a slot and return its memory: the budget moves to another arena."""
+        self.free(page_bytes, slot)
+        self.arenas[page_bytes].release_memory(slot)
+
+    def close(self) -> None:
+        for arena in self.arenas.values():
+            arena.close()
+            arena.unlink()
+        self.arenas.clear()

@@ -1,0 +1,207 @@
+"""The kvstore contract, parametrized over RAM-only, RAM+NVMe and RAM+remote (a second kvstore
+process as backing). The store under test runs in this process behind real gRPC on a unix
+socket; clients map its real shared-memory arena."""
+import os
+import shutil
+import tempfile
+import time
+
+import grpc
+import pytest
+
+from kvstore.client import KVStoreClient, load_pages, map_arena, store_pages
+from kvstore.disk import FsyncMode
+from kvstore.store import Store, StoreConfig
+from kvstore.testing import key_of, page_of, serve_in_process, start_daemon
+from protos.v1 import kvstore_pb2 as pb
+
+PAGE = 4096
+NUM_SLOTS = 4
+TIERS = ["ram", "ram+nvme", "ram+remote"]
+
+
+@pytest.fixture
+def shm_dir():
+    path = tempfile.mkdtemp(prefix="strata-test-", dir="/dev/shm")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def backing():
+    """One backing kvstore process for the module (keys are unique per test)."""
+    tmp = tempfile.mkdtemp(prefix="strata-backing-")
+    daemon = start_daemon(["--ram", "8MiB", "--shm-dir", "/dev/shm",
+                           "--listen", f"unix:{tmp}/backing.sock"])
+    yield f"unix:{tmp}/backing.sock"
+    daemon.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Harness:
+    def __init__(self, store: Store, address: str) -> None:
+        self.store = store
+        self.server = serve_in_process(store, address)
+        self.client = KVStoreClient(address)
+        self.layout = self.client.register("model-a", PAGE)
+        self.arena = map_arena(self.layout)
+
+    def put(self, *names) -> int:
+        keys = [key_of(n) for n in names]
+        return store_pages(self.client, self.arena, self.layout,
+                           [(k, page_of(k, PAGE)) for k in keys])
+
+    def get(self, *names) -> list[bytes]:
+        return load_pages(self.client, self.arena, self.layout, [key_of(n) for n in names])
+
+    def tiers(self, *names) -> list[int]:
+        return self.client.lookup("model-a", [key_of(n) for n in names]).tiers
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.stop(0)
+        self.store.check_integrity()
+        self.arena.close()
+        self.store.close()
+
+
+@pytest.fixture
+def make(request, shm_dir, tmp_path):
+    harnesses = []
+
+    def build(tier: str, lease_ttl_s: float = 30.0, num_slots: int = NUM_SLOTS) -> Harness:
+        config = StoreConfig(ram_bytes=num_slots * PAGE, shm_dir=shm_dir, lease_ttl_s=lease_ttl_s,
+                             fsync=FsyncMode.NEVER, disk_bytes=1 << 30)
+        backing_client = None
+        if tier == "ram+nvme":
+            config.disk_dir = str(tmp_path / "disk")
+        if tier == "ram+remote":
+            backing_client = KVStoreClient(request.getfixturevalue("backing"))
+        harness = Harness(Store(config, backing_client), f"unix:{tmp_path}/kv{len(harnesses)}.sock")
+        harnesses.append(harness)
+        return harness
+    yield build
+    for harness in harnesses:
+        harness.close()
+
+
+def uid(name: str) -> str:
+    """Keys unique to one test run: the backing process is shared by the module."""
+    return f"{name}-{os.getpid()}-{time.monotonic_ns()}"
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_bytes_round_trip_exactly(make, tier):
+    kv = make(tier)
+    names = [uid(i) for i in range(3)]
+    assert kv.put(*names) == 3
+    assert kv.get(*names) == [page_of(key_of(n), PAGE) for n in names]
+    assert kv.tiers(*names) == [pb.TIER_RAM] * 3
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_evicted_page_comes_back_from_the_lower_tier(make, tier):
+    kv = make(tier)
+    names = [uid(i) for i in range(NUM_SLOTS + 2)]
+    for name in names:
+        kv.put(name)
+    expected_first = {"ram": 0, "ram+nvme": 1, "ram+remote": 1}[tier]
+    assert len(kv.get(names[0])) == expected_first
+    if expected_first:
+        assert kv.get(names[0]) == [page_of(key_of(names[0]), PAGE)]
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_page_being_written_is_invisible(make, tier):
+    kv = make(tier)
+    name = uid("half")
+    key = key_of(name)
+    plan = kv.client.prepare_store("model-a", [key])
+    kv.arena.page(plan.slots[0][1], PAGE)[:PAGE // 2] = page_of(key, PAGE)[:PAGE // 2]
+    assert kv.client.lookup("model-a", [key]).num_present == 0
+    load = kv.client.prepare_load("model-a", [key])
+    assert load.slots == []
+    kv.client.complete_load(load.lease_id)
+    assert list(kv.client.get_pages([key])) == []
+    kv.arena.page(plan.slots[0][1], PAGE)[:] = page_of(key, PAGE)
+    assert kv.client.complete_store(plan.lease_id) == 1
+    assert kv.get(name) == [page_of(key, PAGE)]
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_leased_page_is_never_evicted(make, tier):
+    kv = make(tier)
+    pinned = uid("pinned")
+    kv.put(pinned)
+    lease = kv.client.prepare_load("model-a", [key_of(pinned)])
+    slot = lease.slots[0]
+    for i in range(3 * NUM_SLOTS):  # far more stores than slots: every other page cycles out
+        kv.put(uid(i))
+    assert bytes(kv.arena.page(slot, PAGE)) == page_of(key_of(pinned), PAGE)
+    assert kv.tiers(pinned) == [pb.TIER_RAM]
+    kv.client.complete_load(lease.lease_id)
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_store_with_every_slot_pinned_is_resource_exhausted(make, tier):
+    kv = make(tier)
+    names = [uid(i) for i in range(NUM_SLOTS)]
+    kv.put(*names)
+    lease = kv.client.prepare_load("model-a", [key_of(n) for n in names])
+    assert len(lease.slots) == NUM_SLOTS
+    with pytest.raises(grpc.RpcError) as error:
+        kv.put(uid("one-too-many"))
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    kv.client.complete_load(lease.lease_id)
+    assert kv.put(uid("after")) == 1
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_expired_leases_are_reclaimed(make, tier):
+    kv = make(tier, lease_ttl_s=0.3)
+    loaded, abandoned = uid("loaded"), uid("abandoned")
+    kv.put(loaded)
+    load = kv.client.prepare_load("model-a", [key_of(loaded)])
+    store = kv.client.prepare_store("model-a", [key_of(abandoned)])
+    time.sleep(0.8)
+    stats = kv.client.stats()
+    assert stats.num_leases == 0 and stats.num_expired_leases == 2
+    for complete in (lambda: kv.client.complete_load(load.lease_id),
+                     lambda: kv.client.complete_store(store.lease_id)):
+        with pytest.raises(grpc.RpcError) as error:
+            complete()
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert kv.client.lookup("model-a", [key_of(abandoned)]).num_present == 0
+    assert kv.put(*(uid(i) for i in range(NUM_SLOTS))) == NUM_SLOTS  # every slot reusable
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_dedup_returns_no_slot_for_a_present_key(make, tier):
+    kv = make(tier)
+    present, new = uid("present"), uid("new")
+    kv.put(present)
+    plan = kv.client.prepare_store("model-a", [key_of(present), key_of(new)])
+    assert [key_index for key_index, _ in plan.slots] == [1]
+    kv.client.complete_store(plan.lease_id, is_ok=False)
+    assert kv.client.lookup("model-a", [key_of(new)]).num_present == 0
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_eviction_order_is_lru(make, tier):
+    kv = make(tier)
+    names = [uid(i) for i in range(NUM_SLOTS)]
+    for name in names:
+        kv.put(name)
+    kv.get(names[0])  # 0 becomes most recent: 1 is now the least recently used
+    kv.put(uid("newcomer"))
+    lower = {"ram": [], "ram+nvme": [pb.TIER_DISK], "ram+remote": [pb.TIER_REMOTE]}[tier]
+    assert kv.tiers(names[1]) == lower
+    assert kv.tiers(names[0], *names[2:]) == [pb.TIER_RAM] * (NUM_SLOTS - 1)
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_prepare_load_stops_at_the_first_absent_key(make, tier):
+    kv = make(tier)
+    a, b, absent = uid("a"), uid("b"), uid("absent")
+    kv.put(a, b)
+    assert kv.get(a, absent, b) == [page_of(key_of(a), PAGE)]
