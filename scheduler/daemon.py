@@ -1,0 +1,129 @@
+"""`strata scheduler`: the public Generation server in front of one executor.
+
+Start-up: serve health (liveness "" SERVING, readiness "strata.v1.Generation" NOT_SERVING) and
+reflection at once, connect to the executor (retrying with a log line), Describe + Reset, load
+the tokenizer, start the engine thread, then mark readiness SERVING.
+Shutdown (SIGTERM / SIGINT): NOT_SERVING -> server.stop(grace) -> engine shutdown.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from tokenizers import Tokenizer
+
+from protos.v1 import generation_pb2, generation_pb2_grpc
+from scheduler.engine import Engine
+from scheduler.executor_link import ExecutorLink
+from scheduler.scheduler import Scheduler, SchedulerConfig
+from scheduler.service import GenerationService
+
+log = logging.getLogger("strata.scheduler")
+
+SERVICE_NAME = generation_pb2.DESCRIPTOR.services_by_name["Generation"].full_name
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+GRACE_SECONDS = 5.0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="strata scheduler", description=__doc__.splitlines()[0])
+    parser.add_argument("--executor", required=True, help="executor address, e.g. unix:/tmp/x/executor.sock")
+    parser.add_argument("--listen", default="127.0.0.1:50051", help="public address (port 0: any free port)")
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None,
+                        help="token budget per step (default and ceiling: the executor's)")
+    parser.add_argument("--max-num-seqs", type=int, default=None,
+                        help="requests per step (default and ceiling: the executor's)")
+    parser.add_argument("--max-waiting", type=int, default=1024,
+                        help="waiting requests before new ones get RESOURCE_EXHAUSTED")
+    return parser.parse_args(argv)
+
+
+def capped(value: int | None, ceiling: int, name: str) -> int:
+    if value is None:
+        return ceiling
+    if not 0 < value <= ceiling:
+        raise SystemExit(f"--{name} must be in 1..{ceiling} (the executor's limit), got {value}")
+    return value
+
+
+def build_engine(link: ExecutorLink, args: argparse.Namespace, on_lost) -> tuple:
+    describe = link.describe()
+    link.reset()
+    tokenizer = Tokenizer.from_file(str(Path(describe.model_path) / "tokenizer.json"))
+    config = SchedulerConfig(
+        block_size=describe.block_size, num_blocks=describe.num_blocks,
+        max_num_batched_tokens=capped(args.max_num_batched_tokens, describe.max_num_batched_tokens,
+                                      "max-num-batched-tokens"),
+        max_num_seqs=capped(args.max_num_seqs, describe.max_num_seqs, "max-num-seqs"),
+        max_model_len=describe.max_model_len, eos_token_ids=frozenset(describe.eos_token_ids))
+    engine = Engine(Scheduler(config), link.step, tokenizer, args.max_waiting, on_lost)
+    return engine, tokenizer, describe
+
+
+class Daemon:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.stop_event = threading.Event()
+        self.health = health.HealthServicer()
+        self.service = GenerationService()
+        self.link = ExecutorLink(args.executor)
+        self.engine: Engine | None = None
+        workers = args.max_waiting + 256   # each open Generate stream holds a worker thread
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+        generation_pb2_grpc.add_GenerationServicer_to_server(self.service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+
+    def start(self) -> bool:
+        self.port = self.server.add_insecure_port(self.args.listen)
+        if not self.port:
+            raise SystemExit(f"cannot listen on {self.args.listen}")
+        self.health.set("", SERVING)
+        self.health.set(SERVICE_NAME, NOT_SERVING)
+        self.server.start()
+        host = self.args.listen.rsplit(":", 1)[0]
+        log.info("scheduler listening on %s:%d", host, self.port)
+        if not self.link.wait_until_ready(self.stop_event.is_set):
+            return False
+        self.engine, tokenizer, describe = build_engine(self.link, self.args, self.reconnect)
+        self.service.attach(self.engine, tokenizer, describe)
+        self.engine.start()
+        self.health.set(SERVICE_NAME, SERVING)
+        log.info("connected to executor %s (model %s, %d blocks of %d tokens)", self.args.executor,
+                 describe.architecture, describe.num_blocks, describe.block_size)
+        return True
+
+    def reconnect(self) -> None:
+        """Engine thread: the executor failed a step; wait for it, Reset, serve again."""
+        self.health.set(SERVICE_NAME, NOT_SERVING)
+        if self.link.wait_until_ready(self.stop_event.is_set):
+            self.link.reset()
+            self.health.set(SERVICE_NAME, SERVING)
+
+    def stop(self) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(GRACE_SECONDS).wait()
+        if self.engine is not None:
+            self.engine.shutdown()
+        self.link.close()
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    daemon = Daemon(parse_args(argv))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: daemon.stop_event.set())
+    daemon.start()
+    daemon.stop_event.wait()
+    log.info("shutting down")
+    daemon.stop()
+    return 0

@@ -1,0 +1,51 @@
+"""The scheduler's connection to the executor: connect with retry, Describe, Reset, Step."""
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+
+from protos.v1 import executor_pb2, executor_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# Plans of a few thousand requests stay far below this; the default 4 MiB is not enough for
+# 256 full prompts of 4k tokens sent in one plan.
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+class ExecutorLink:
+    def __init__(self, target: str):
+        self.target = target
+        self.channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ])
+        self.stub = executor_pb2_grpc.ExecutorStub(self.channel)
+
+    def wait_until_ready(self, is_stopping=lambda: False, max_backoff_s: float = 5.0) -> bool:
+        """Block until the executor answers (logging each retry); False if asked to stop."""
+        backoff = 0.2
+        while not is_stopping():
+            try:
+                grpc.channel_ready_future(self.channel).result(timeout=backoff)
+                self.stub.Describe(executor_pb2.DescribeRequest(), timeout=30)
+                return True
+            except (grpc.FutureTimeoutError, grpc.RpcError):
+                log.warning("executor at %s is not reachable yet; retrying in %.1fs",
+                            self.target, backoff)
+                backoff = min(backoff * 2, max_backoff_s)
+        return False
+
+    def describe(self) -> executor_pb2.DescribeResponse:
+        return self.stub.Describe(executor_pb2.DescribeRequest(), timeout=30)
+
+    def reset(self) -> None:
+        self.stub.Reset(executor_pb2.ResetRequest(), timeout=30)
+
+    def step(self, plan: executor_pb2.StepPlan) -> executor_pb2.StepResult:
+        return self.stub.Step(plan)
+
+    def close(self) -> None:
+        self.channel.close()

@@ -1,0 +1,77 @@
+"""strata.v1.Generation: each RPC validates, hands over to the engine, and maps errors once."""
+from __future__ import annotations
+
+import itertools
+import uuid
+
+from tokenizers import Tokenizer
+
+from protos.v1 import executor_pb2, generation_pb2, generation_pb2_grpc
+from scheduler.block_hash import make_namespace
+from scheduler.detokenizer import TextStream
+from scheduler.engine import Engine
+from scheduler.errors import Unavailable, maps_api_errors
+from scheduler.request import Request
+from scheduler.validation import ModelLimits, check_sampling, prompt_token_ids, stop_criteria
+
+
+class GenerationService(generation_pb2_grpc.GenerationServicer):
+    """Serves UNAVAILABLE until `attach` gives it the engine (once the executor answered)."""
+
+    def __init__(self):
+        self.engine: Engine | None = None
+        self.arrivals = itertools.count()
+
+    def attach(self, engine: Engine, tokenizer: Tokenizer,
+               describe: executor_pb2.DescribeResponse) -> None:
+        self.tokenizer = tokenizer
+        self.describe = describe
+        self.limits = ModelLimits(describe.vocab_size, describe.max_model_len,
+                                  describe.block_size, describe.num_blocks)
+        self.page_shape = (describe.num_layers, 2, describe.block_size, describe.num_kv_heads,
+                           describe.head_dim)
+        self.engine = engine
+
+    def check_ready(self) -> None:
+        if self.engine is None:
+            raise Unavailable("the server is not connected to its executor yet: retry shortly")
+
+    @maps_api_errors
+    def Generate(self, request, context):
+        self.check_ready()
+        scheduled = self.make_request(request)
+        stream = self.engine.submit(scheduled)
+        context.add_callback(lambda: self.engine.abort(scheduled))
+        yield from stream.responses(context.is_active)
+
+    @maps_api_errors
+    def Tokenize(self, request, context):
+        self.check_ready()
+        return generation_pb2.TokenizeResponse(ids=self.tokenizer.encode(request.text).ids)
+
+    @maps_api_errors
+    def GetModelInfo(self, request, context):
+        self.check_ready()
+        d = self.describe
+        return generation_pb2.ModelInfo(
+            model_id=d.model_id, architecture=d.architecture, dtype=d.dtype, device=d.device,
+            vocab_size=d.vocab_size, max_model_len=d.max_model_len, block_size=d.block_size,
+            eos_token_ids=d.eos_token_ids)
+
+    @maps_api_errors
+    def GetStats(self, request, context):
+        self.check_ready()
+        return self.engine.stats()
+
+    def make_request(self, message: generation_pb2.GenerateRequest) -> Request:
+        """Validate a GenerateRequest (raises InvalidArgument) into a scheduler Request."""
+        prompt = prompt_token_ids(message, self.tokenizer, self.limits)
+        check_sampling(message.sampling)
+        stopping = stop_criteria(message, len(prompt), self.limits)
+        namespace = make_namespace(self.describe.model_id, self.describe.kv_dtype, self.page_shape,
+                                   message.cache_salt)
+        request = Request(message.request_id or uuid.uuid4().hex, prompt, message.sampling,
+                          stopping, namespace, next(self.arrivals), message.priority)
+        if stopping.stop:
+            request.text_stream = TextStream(self.tokenizer, prompt, stopping.stop)
+        return request

@@ -1,0 +1,120 @@
+"""Child daemons of `strata up`: start in order, wait for readiness, restart with backoff, stop.
+
+Each child is a `strata <daemon> ...` process in its own session (Ctrl-C reaches only the
+launcher, which then stops the children in reverse start order: SIGTERM, then SIGKILL after a
+grace period).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+log = logging.getLogger("strata.up")
+
+STOP_GRACE_SECONDS = 10.0
+MAX_BACKOFF_SECONDS = 30.0
+
+
+@dataclass(slots=True)
+class ChildSpec:
+    name: str                 # "executor", "scheduler" (later: "kvstore")
+    argv: list[str]           # arguments after `strata`
+    health_target: str        # where its grpc.health.v1 answers
+    ready_service: str        # readiness service name, e.g. "strata.v1.Executor"
+    ready_timeout_s: float = 600.0
+
+
+@dataclass(slots=True)
+class Child:
+    spec: ChildSpec
+    log_path: Path
+    process: subprocess.Popen | None = None
+    num_restarts: int = 0
+    restart_at: float | None = None
+
+
+def is_ready(target: str, service: str) -> bool:
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=1.0)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@dataclass
+class Supervisor:
+    log_dir: Path
+    children: list[Child] = field(default_factory=list)
+
+    def start(self, spec: ChildSpec, should_stop=lambda: False) -> None:
+        """Spawn one child and block until it is ready (raises RuntimeError if it dies first)."""
+        child = Child(spec, self.log_dir / f"{spec.name}.log")
+        self.children.append(child)
+        self._spawn(child)
+        self._wait_ready(child, should_stop)
+
+    def _spawn(self, child: Child) -> None:
+        log_file = open(child.log_path, "ab")
+        command = [sys.executable, "-m", "scheduler.cli", *child.spec.argv]
+        child.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        log_file.close()
+        log.info("started %s (pid %d, log %s)", child.spec.name, child.process.pid, child.log_path)
+
+    def _wait_ready(self, child: Child, should_stop) -> None:
+        deadline = time.monotonic() + child.spec.ready_timeout_s
+        while not is_ready(child.spec.health_target, child.spec.ready_service):
+            if child.process.poll() is not None:
+                raise RuntimeError(f"{child.spec.name} exited with code {child.process.returncode}; "
+                                   f"its log:\n{tail(child.log_path)}")
+            if time.monotonic() > deadline or should_stop():
+                raise RuntimeError(f"{child.spec.name} not ready after {child.spec.ready_timeout_s}s")
+            time.sleep(0.2)
+
+    def restart_dead_children(self) -> None:
+        """Call periodically: a child that died is restarted after 1, 2, 4 ... 30 s."""
+        now = time.monotonic()
+        for child in self.children:
+            if child.process.poll() is None:
+                continue
+            if child.restart_at is None:
+                delay = min(2.0 ** child.num_restarts, MAX_BACKOFF_SECONDS)
+                child.restart_at = now + delay
+                log.error("%s exited with code %s; restarting in %.0fs (log: %s)", child.spec.name,
+                          child.process.returncode, delay, child.log_path)
+            elif now >= child.restart_at:
+                child.num_restarts += 1
+                child.restart_at = None
+                self._spawn(child)
+
+    def stop_all(self) -> None:
+        """SIGTERM every child (reverse start order), SIGKILL those alive after the grace."""
+        alive = [c.process for c in reversed(self.children) if c.process and c.process.poll() is None]
+        for process in alive:
+            os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for process in alive:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("pid %d did not stop in %.0fs; killing it", process.pid, STOP_GRACE_SECONDS)
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def tail(path: Path, num_chars: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-num_chars:]
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,138 @@
+"""Start Strata daemons as real processes for tests, and stop them by PID.
+
+    with start_daemons(model_dir, num_device_blocks=256) as server:   # executor + scheduler
+        server.stub.Generate(...)
+    with start_up(["--model", str(model_dir)]) as server:              # `strata up`
+        ...
+
+Unix sockets live in a short private dir under the system temp dir (socket paths are limited
+to ~107 bytes; pytest's tmp_path can be longer). Logs go to files in that dir and are printed
+when start-up fails.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.v1 import generation_pb2_grpc
+
+READY_SERVICE = "strata.v1.Generation"
+STRATA = [sys.executable, "-m", "scheduler.cli"]
+
+
+@dataclass
+class Server:
+    address: str
+    channel: grpc.Channel
+    stub: generation_pb2_grpc.GenerationStub
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    run_dir: Path | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1")
+    return env
+
+
+def spawn(args: list[str], log_path: Path) -> subprocess.Popen:
+    log = open(log_path, "wb")
+    return subprocess.Popen(STRATA + args, stdout=log, stderr=subprocess.STDOUT, env=child_env(),
+                            start_new_session=True)
+
+
+def wait_ready(address: str, processes: list[subprocess.Popen], run_dir: Path,
+               timeout_s: float = 120) -> grpc.Channel:
+    """Poll grpc.health.v1 readiness of strata.v1.Generation until SERVING."""
+    channel = grpc.insecure_channel(address)
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for process in processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"{process.args} exited with {process.returncode}:\n{logs(run_dir)}")
+        try:
+            reply = health.Check(health_pb2.HealthCheckRequest(service=READY_SERVICE), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return channel
+        except grpc.RpcError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{address} not ready after {timeout_s}s:\n{logs(run_dir)}")
+
+
+def logs(run_dir: Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
+                     for p in sorted(run_dir.glob("*.log")))
+
+
+def stop_processes(processes: list[subprocess.Popen], grace_s: float = 10) -> list[int | None]:
+    """SIGTERM each by PID, then SIGKILL what is still alive after the grace period."""
+    for process in processes:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+    return [process.returncode for process in processes]
+
+
+@contextlib.contextmanager
+def start_daemons(model_dir: Path, *, num_device_blocks: int = 512, block_size: int = 16,
+                  executor_args: tuple[str, ...] = (), scheduler_args: tuple[str, ...] = ()
+                  ) -> Iterator[Server]:
+    """The executor and the scheduler as two processes on a unix socket."""
+    run_dir = Path(tempfile.mkdtemp(prefix="st"))
+    socket_path = run_dir / "ex.sock"
+    address = f"127.0.0.1:{free_port()}"
+    processes = [spawn(["executor", "--listen", f"unix:{socket_path}", "--model", str(model_dir),
+                        "--data-dir", str(run_dir / "data"), "--num-threads", "1",
+                        "--num-device-blocks", str(num_device_blocks), "--block-size", str(block_size),
+                        *executor_args], run_dir / "executor.log")]
+    try:
+        processes.append(spawn(["scheduler", "--executor", f"unix:{socket_path}", "--listen", address,
+                                *scheduler_args], run_dir / "scheduler.log"))
+        channel = wait_ready(address, processes, run_dir)
+        yield Server(address, channel, generation_pb2_grpc.GenerationStub(channel), processes, run_dir)
+        channel.close()
+    finally:
+        stop_processes(processes[::-1])
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def start_up(args: list[str], timeout_s: float = 180) -> Iterator[Server]:
+    """`strata up ARGS` as one process (it starts and supervises its own children)."""
+    run_dir = Path(tempfile.mkdtemp(prefix="st"))
+    port = free_port()
+    process = spawn(["up", "--port", str(port), *args], run_dir / "up.log")
+    try:
+        channel = wait_ready(f"127.0.0.1:{port}", [process], run_dir, timeout_s)
+        yield Server(f"127.0.0.1:{port}", channel, generation_pb2_grpc.GenerationStub(channel),
+                     [process], run_dir)
+        channel.close()
+    finally:
+        stop_processes([process], grace_s=30)
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,0 +1,145 @@
+"""The bench driver and CLI against a scripted in-process Generation server (a fake of the one
+component the driver talks to), so the load generator is tested without a model."""
+import json
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+
+from bench import serve
+from protos.v1 import generation_pb2, generation_pb2_grpc
+
+VOCAB_SIZE = 50
+EOS_ID = 0
+
+
+class ScriptedGeneration(generation_pb2_grpc.GenerationServicer):
+    """Streams max_tokens ids: the first alone, the rest two per response, then an empty final
+    response with usage. Output id i of a request is (len(prompt) + i) % VOCAB_SIZE. Reports
+    cached_tokens = 8 x the whole 8-token blocks of the longest prefix shared with an earlier prompt."""
+
+    def __init__(self):
+        self.prompts: list[list[int]] = []
+        self.num_preemptions = 0
+
+    def GetModelInfo(self, request, context):
+        return generation_pb2.ModelInfo(model_id="scripted", vocab_size=VOCAB_SIZE, max_model_len=4096,
+                                        block_size=8, eos_token_ids=[EOS_ID])
+
+    def GetStats(self, request, context):
+        hits = 4 * len(self.prompts)
+        return generation_pb2.Stats(num_preemptions=self.num_preemptions,
+                                    tiers=[generation_pb2.TierStats(tier="ram", num_hits=hits, num_misses=hits)])
+
+    def _cached(self, prompt):
+        shared = 0
+        for earlier in self.prompts:
+            common = next((i for i, (a, b) in enumerate(zip(prompt, earlier)) if a != b), min(len(prompt), len(earlier)))
+            shared = max(shared, common)
+        return shared // 8 * 8
+
+    def Generate(self, request, context):
+        prompt, num_tokens = list(request.tokens.ids), request.stopping.max_tokens
+        assert request.stopping.ignore_eos and request.sampling.temperature == 0.0
+        cached = self._cached(prompt)
+        self.prompts.append(prompt)
+        self.num_preemptions += 1
+        ids = [(len(prompt) + i) % VOCAB_SIZE for i in range(num_tokens)]
+        chunks = [ids[:1]] + [ids[i:i + 2] for i in range(1, num_tokens, 2)]
+        for chunk in chunks:
+            time.sleep(0.002)
+            yield generation_pb2.GenerateResponse(request_id=request.request_id, token_ids=chunk)
+        yield generation_pb2.GenerateResponse(
+            request_id=request.request_id, finish_reason=generation_pb2.FINISH_REASON_LENGTH,
+            usage=generation_pb2.Usage(prompt_tokens=len(prompt), completion_tokens=num_tokens,
+                                       cached_tokens=cached))
+
+
+@pytest.fixture
+def scripted_server():
+    servicer = ScriptedGeneration()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    generation_pb2_grpc.add_GenerationServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield servicer, f"127.0.0.1:{port}"
+    server.stop(0)
+
+
+def test_multiturn_prompts_carry_history_and_json_is_complete(scripted_server, tmp_path):
+    servicer, target = scripted_server
+    out = tmp_path / "mt.json"
+    code = serve.main(["--server", target, "--workload", "multiturn", "--sessions", "3", "--turns", "3",
+                       "--system-len", "20", "--user-len", "5:8", "--output-len", "4", "--seed", "1",
+                       "--slo", "ttft=10000,tpot=10000", "--json", str(out), "--no-progress"])
+    assert code == 0
+    prompts = servicer.prompts
+    assert len(prompts) == 9
+    system = prompts[0][:20]
+    assert all(p[:20] == system for p in prompts)
+    # each turn's prompt = previous turn's prompt + the 4 ids the server returned + a new user chunk
+    by_length = sorted(prompts, key=len)
+    for prompt in by_length:
+        parents = [p for p in prompts if len(p) < len(prompt) and prompt[:len(p)] == p]
+        if len(prompt) > 20 + 8:
+            parent = max(parents, key=len)
+            assert prompt[len(parent):len(parent) + 4] == [(len(parent) + i) % VOCAB_SIZE for i in range(4)]
+    result = json.loads(out.read_text())
+    config = result["configurations"]["server"]
+    assert (config["num_completed"], config["num_failed"]) == (9, 0)
+    assert config["num_output_tokens"] == 36
+    assert config["num_input_tokens"] == sum(map(len, prompts))
+    assert config["goodput_req_s"] == pytest.approx(config["request_throughput_req_s"])
+    assert config["num_preemptions"] == 9
+    assert config["tiers"][0]["tier"] == "ram" and config["tiers"][0]["hit_rate"] == 0.5
+    assert set(config["ttft_ms_by_turn"]) == {"0", "1", "2"}
+    for key in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_latency_ms"):
+        assert set(config[key]) == {"mean", "p50", "p90", "p99"}
+    # 3 ITL values per request: 1 ms-ish gaps between 2-token responses, each split in two
+    assert config["itl_ms"]["p50"] < config["tpot_ms"]["p99"] * 2
+    assert 0 < config["cached_token_fraction"] < 1
+    assert result["workload"]["num_requests"] == 9 and result["machine"]["num_cpus"] >= 1
+    assert set(result["versions"]) >= {"strata", "torch", "grpcio", "transformers"}
+
+
+def test_same_seed_sends_same_prompts_and_concurrency_limit(scripted_server, tmp_path):
+    servicer, target = scripted_server
+    args = ["--server", target, "--workload", "random", "--num-prompts", "6", "--input-len", "3:9",
+            "--output-len", "2:5", "--max-concurrency", "2", "--no-progress"]
+    assert serve.main(args) == 0
+    first = sorted(servicer.prompts)
+    servicer.prompts.clear()
+    assert serve.main(args + ["--plot", str(tmp_path / "cdf.png")]) == 0
+    assert sorted(servicer.prompts) == first
+    assert all(3 <= len(p) <= 9 and min(p) >= 1 and max(p) < VOCAB_SIZE for p in first)
+    assert (tmp_path / "cdf.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_prefix_and_longdoc_share_their_prefixes(scripted_server):
+    servicer, target = scripted_server
+    assert serve.main(["--server", target, "--workload", "prefix", "--num-prompts", "4", "--prefix-len", "24",
+                       "--suffix-len", "2:3", "--output-len", "1", "--no-progress"]) == 0
+    assert len({tuple(p[:24]) for p in servicer.prompts}) == 1 and len(servicer.prompts) == 4
+    servicer.prompts.clear()
+    assert serve.main(["--server", target, "--workload", "longdoc", "--docs", "2", "--doc-len", "30",
+                       "--questions", "3", "--question-len", "4", "--output-len", "2", "--no-progress"]) == 0
+    docs = [tuple(p[:30]) for p in servicer.prompts]
+    assert len(docs) == 6 and len(set(docs)) == 2
+
+
+def test_bad_options_are_usage_errors(capsys):
+    with pytest.raises(SystemExit):
+        serve.main(["--compare", "a=--x"])
+    assert "--compare needs --launch" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        serve.main(["--launch", "--baseline", "hf"])
+    assert "--baseline hf needs --model" in capsys.readouterr().err
+
+
+def test_workload_longer_than_the_model_is_refused_before_sending(scripted_server, capsys):
+    servicer, target = scripted_server
+    code = serve.main(["--server", target, "--workload", "random", "--num-prompts", "2",
+                       "--input-len", "5000", "--output-len", "4", "--no-progress"])
+    assert code == 2 and servicer.prompts == []
+    assert "workload needs 5004 tokens of context but the model serves 4096" in capsys.readouterr().err

@@ -1,0 +1,82 @@
+"""The engine loop with the fake executor (no gRPC): streams, aborts, a rejected plan."""
+import time
+
+import grpc
+import pytest
+from tokenizers import Tokenizer
+
+from protos.v1 import generation_pb2
+from scheduler.engine import Engine
+from scheduler.errors import AlreadyExists
+from test_scheduler_policy import expected_tokens, make_request, make_scheduler
+
+
+class Rejected(grpc.RpcError):
+    def code(self):
+        return grpc.StatusCode.INVALID_ARGUMENT
+
+    def details(self):
+        return "bad plan (test)"
+
+
+@pytest.fixture
+def engine(tokenizer_dir):
+    scheduler, executor = make_scheduler(num_blocks=64, max_num_batched_tokens=64)
+    rejected_ids = set()
+
+    def step(plan):
+        if any(r.request_id in rejected_ids for r in plan.new_requests):
+            raise Rejected()
+        time.sleep(0.002)   # a step takes time, so a test can act between steps
+        return executor.step(plan)
+
+    running = Engine(scheduler, step, Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")),
+                     max_waiting=16, on_executor_lost=executor.requests.clear)
+    running.rejected_ids = rejected_ids
+    running.start()
+    yield running
+    running.shutdown()
+
+
+def drain(stream):
+    return list(stream.responses(lambda: True))
+
+
+def test_streams_get_their_tokens_and_a_final_usage(engine):
+    streams = {name: engine.submit(make_request(name, range(1, 10), max_tokens=5)) for name in "abc"}
+    for name, stream in streams.items():
+        responses = drain(stream)
+        tokens = [t for r in responses for t in r.token_ids]
+        assert tokens == expected_tokens(range(1, 10), 5)
+        assert responses[-1].finish_reason == generation_pb2.FINISH_REASON_LENGTH
+        assert responses[-1].usage.completion_tokens == 5 and responses[-1].usage.prompt_tokens == 9
+
+
+def test_duplicate_id_in_flight_is_refused(engine):
+    first = make_request("same", range(1, 10), max_tokens=200)
+    engine.submit(first)
+    with pytest.raises(AlreadyExists):
+        engine.submit(make_request("same", range(1, 10)))
+    engine.abort(first)
+
+
+def test_abort_from_the_handler_ends_the_stream_and_frees_blocks(engine):
+    request = make_request("long", range(1, 10), max_tokens=200)
+    responses = engine.submit(request).responses(lambda: True)
+    assert not next(responses).finish_reason
+    engine.abort(request)
+    rest = list(responses)
+    assert 1 <= len(rest) and sum(len(r.token_ids) for r in rest) < 150
+    assert rest[-1].finish_reason == generation_pb2.FINISH_REASON_ABORT
+    other = drain(engine.submit(make_request("after", range(1, 4), max_tokens=2)))
+    assert other[-1].finish_reason == generation_pb2.FINISH_REASON_LENGTH
+    assert engine.scheduler.pool.num_free_blocks == 64
+
+
+def test_a_rejected_plan_aborts_its_requests_and_serving_goes_on(engine):
+    engine.rejected_ids.add("bad")
+    bad = drain(engine.submit(make_request("bad", range(1, 10), max_tokens=3)))
+    assert bad[-1].finish_reason == generation_pb2.FINISH_REASON_ABORT
+    engine.rejected_ids.clear()
+    good = drain(engine.submit(make_request("good", range(1, 10), max_tokens=3)))
+    assert [t for r in good for t in r.token_ids] == expected_tokens(range(1, 10), 3)
