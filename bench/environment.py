@@ -1,0 +1,67 @@
+"""What a benchmark number depends on besides the code: machine, package versions, threads."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+
+PACKAGES = {"strata": "strata-serve", "torch": "torch", "grpcio": "grpcio",
+            "transformers": "transformers", "numpy": "numpy", "protobuf": "protobuf"}
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "TORCH_NUM_THREADS")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name, distribution in PACKAGES.items():
+        try:
+            versions[name] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def ram_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def gpus() -> list[str]:
+    """`nvidia-smi -L` lines, or [] when there is no NVIDIA driver."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line for line in listing.stdout.splitlines() if line.strip()] if listing.returncode == 0 else []
+
+
+def machine() -> dict:
+    return {"cpu_model": cpu_model(), "num_cpus": os.cpu_count(),
+            "num_cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "ram_bytes": ram_bytes(), "gpus": gpus(), "platform": platform.platform(),
+            "python": platform.python_version()}
+
+
+def thread_settings() -> dict[str, str | None]:
+    """Thread-related environment of this process (the launched servers inherit it)."""
+    return {name: os.environ.get(name) for name in THREAD_VARIABLES}

@@ -1,0 +1,108 @@
+"""Command-line options of `strata bench` and the server configurations they describe."""
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import NamedTuple
+
+from bench.metrics import parse_slo
+from bench.workloads import WORKLOADS
+
+DEFAULT_OUTPUT_LEN = {"random": "16:256", "multiturn": "32", "longdoc": "32", "prefix": "32"}
+
+
+class ServerConfig(NamedTuple):
+    """A named server configuration; server_args is None for an already running server."""
+    name: str
+    server_args: list[str] | None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="strata bench", allow_abbrev=False,
+        description="Benchmark a Strata server through strata.v1.Generation. With --launch, "
+                    "options this command does not know are passed to `strata up`.")
+    server = p.add_argument_group("server")
+    server.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of a running server")
+    server.add_argument("--launch", action="store_true", help="start `strata up` per configuration")
+    server.add_argument("--server-args", default="", help="extra `strata up` flags (one string)")
+    server.add_argument("--model", help="model directory: passed to `strata up`, used by --baseline hf")
+    server.add_argument("--compare", nargs="+", metavar="NAME=ARGS", default=[],
+                        help="several server configurations, each NAME=extra `strata up` flags")
+    server.add_argument("--launch-timeout", type=float, default=600.0, help="seconds to wait for readiness")
+    load = p.add_argument_group("workload")
+    load.add_argument("--workload", choices=WORKLOADS, default="random")
+    load.add_argument("--seed", type=int, default=0)
+    load.add_argument("--num-prompts", type=int, default=128, help="random, prefix")
+    load.add_argument("--input-len", default="64:512", help="random: LOW:HIGH prompt tokens")
+    load.add_argument("--output-len", help="LOW:HIGH output tokens (default per workload: "
+                      + ", ".join(f"{k} {v}" for k, v in DEFAULT_OUTPUT_LEN.items()) + ")")
+    load.add_argument("--sessions", type=int, default=32, help="multiturn")
+    load.add_argument("--turns", type=int, default=6, help="multiturn")
+    load.add_argument("--system-len", type=int, default=1000, help="multiturn shared system prompt")
+    load.add_argument("--user-len", default="64:200", help="multiturn: new user tokens per turn")
+    load.add_argument("--docs", type=int, default=4, help="longdoc")
+    load.add_argument("--doc-len", type=int, default=2000, help="longdoc")
+    load.add_argument("--questions", type=int, default=8, help="longdoc: questions per document")
+    load.add_argument("--question-len", default="32", help="longdoc")
+    load.add_argument("--prefix-len", type=int, default=1024, help="prefix: shared prefix tokens")
+    load.add_argument("--suffix-len", default="32:64", help="prefix: LOW:HIGH unique suffix tokens")
+    arrival = p.add_argument_group("arrival")
+    arrival.add_argument("--request-rate", default="inf",
+                         help="Poisson sessions/s; 'inf' = all at once; '1,2,4' sweeps the rates")
+    arrival.add_argument("--max-concurrency", type=int, help="most requests in flight")
+    arrival.add_argument("--request-timeout", type=float, default=3600.0, help="seconds per request")
+    out = p.add_argument_group("baseline and output")
+    out.add_argument("--baseline", choices=["hf"], help="also run transformers static batching")
+    out.add_argument("--hf-batch-size", type=int, default=16)
+    out.add_argument("--hf-threads", type=int, help="torch threads for the baseline (default: the "
+                     "server's --num-threads, else the executor's default: CPU cores - 1)")
+    out.add_argument("--slo", help="goodput objective in ms, e.g. ttft=500,tpot=50")
+    out.add_argument("--json", help="write every metric and the environment to this file")
+    out.add_argument("--plot", help="write the TTFT CDF (and rate sweep) to this PNG")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """(options, extra `strata up` flags). Exits with a usage error on inconsistent options."""
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    if extra and not args.launch:
+        p.error(f"unrecognized arguments {extra} (flags for `strata up` need --launch)")
+    if args.compare and not args.launch:
+        p.error("--compare needs --launch: each configuration is a server this command starts")
+    if args.baseline == "hf" and not args.model:
+        p.error("--baseline hf needs --model DIR (the checkpoint the server serves)")
+    args.output_len = args.output_len or DEFAULT_OUTPUT_LEN[args.workload]
+    try:
+        args.rates = parse_rates(args.request_rate)
+        args.slo_bounds = parse_slo(args.slo) if args.slo else None
+        args.configs = server_configs(args, extra)
+    except ValueError as error:
+        p.error(str(error))
+    return args, extra
+
+
+def parse_rates(text: str) -> list[float]:
+    rates = [float(part) for part in text.split(",") if part.strip()]
+    if not rates or any(rate <= 0 for rate in rates):
+        raise ValueError(f"--request-rate {text!r}: want positive numbers or inf, e.g. 1,2,4")
+    return rates
+
+
+def server_configs(args: argparse.Namespace, extra: list[str]) -> list[ServerConfig]:
+    if not args.launch:
+        return [ServerConfig("server", None)]
+    base = extra + shlex.split(args.server_args) + (["--model", args.model] if args.model else [])
+    if not args.compare:
+        return [ServerConfig("strata", base)]
+    configs = []
+    for entry in args.compare:
+        name, separator, flags = entry.partition("=")
+        if not separator or not name:
+            raise ValueError(f"--compare entry {entry!r}: want NAME=ARGS, e.g. ram='--kvstore-ram 1GiB'")
+        configs.append(ServerConfig(name, base + shlex.split(flags)))
+    if len({c.name for c in configs}) != len(configs):
+        raise ValueError("--compare names must be unique")
+    return configs

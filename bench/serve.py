@@ -1,0 +1,153 @@
+"""`strata bench`: serving benchmark through the public API, with same-run baselines.
+
+For each server configuration (one running server, or one `strata up` per --compare entry,
+launched, measured and stopped in turn) and each request rate, run the workload, then the
+transformers baseline (after every server is stopped, so the two never share the CPU), then
+print a side-by-side table and write --json / --plot.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import os
+import sys
+
+from tqdm import tqdm
+
+from bench import environment, metrics, options, report, server_stats
+from bench.driver import RunResult, get_model_info, run_workload
+from bench.launch import LaunchError, ServerProcess
+from bench.workloads import Session, arrival_offsets, build_sessions
+
+
+class SharedPrompts:
+    """What every configuration runs: the sessions (built once from the first server's
+    vocabulary, so every configuration gets the same prompts) and the model info."""
+
+    def __init__(self, args):
+        self.args = args
+        self.sessions: list[Session] | None = None
+        self.model_info = None
+        self.first_run: RunResult | None = None
+
+    def sessions_for(self, model_info) -> list[Session]:
+        if self.sessions is None:
+            self.model_info = model_info
+            self.sessions = build_sessions(self.args, model_info.vocab_size, list(model_info.eos_token_ids))
+            longest = max(s.max_context_len for s in self.sessions)
+            if model_info.max_model_len and longest > model_info.max_model_len:
+                raise ValueError(f"workload needs {longest} tokens of context but the model serves "
+                                 f"{model_info.max_model_len}: shorten the lengths or the turns")
+        elif model_info.vocab_size != self.model_info.vocab_size:
+            raise ValueError("--compare configurations serve models with different vocabularies; "
+                             "compare configurations of one model")
+        return self.sessions
+
+    @property
+    def num_requests(self) -> int:
+        return sum(len(s.turns) for s in self.sessions)
+
+
+def _rate_name(config_name: str, rate: float, num_rates: int) -> str:
+    return config_name if num_rates == 1 else f"{config_name}@{rate:g}rps"
+
+
+async def _run_config(args, prompts: SharedPrompts, config: options.ServerConfig, target: str,
+                      server: ServerProcess | None) -> list[report.ConfigResult]:
+    sessions = prompts.sessions_for(await get_model_info(target))
+    results = []
+    for rate in args.rates:
+        name = _rate_name(config.name, rate, len(args.rates))
+        offsets = arrival_offsets(len(sessions), rate, args.seed)
+        with tqdm(total=prompts.num_requests, desc=name, unit="req", disable=args.no_progress) as bar:
+            run = await run_workload(target, sessions, offsets, args.max_concurrency,
+                                     lambda: bar.update(1), tag=name, request_timeout_s=args.request_timeout)
+        prompts.first_run = prompts.first_run or run
+        results.append(_result(args, name, config, rate, run, server))
+    return results
+
+
+def _result(args, name, config, rate, run: RunResult, server) -> report.ConfigResult:
+    values = metrics.run_metrics(run.traces, run.duration_s, args.slo_bounds)
+    values.update(server_stats.server_metrics(run.stats_before, run.stats_after))
+    settings = {"config": config.name, "server_args": config.server_args,
+                "server_target": None if server else args.server, "request_rate": rate,
+                "max_concurrency": args.max_concurrency,
+                "server_startup_s": server.startup_s if server else None}
+    ttfts = [metrics.ttft_s(t) for t in run.traces if t.is_ok]
+    errors = sorted({t.error for t in run.traces if t.error})[:5]
+    if errors:
+        values["errors"] = errors
+    return report.ConfigResult(name, values, settings, ttfts)
+
+
+def run_servers(args) -> tuple[SharedPrompts, list[report.ConfigResult]]:
+    prompts, results = SharedPrompts(args), []
+    for config in args.configs:
+        launched = ServerProcess(config.server_args, args.launch_timeout) if args.launch else None
+        with launched or contextlib.nullcontext():
+            target = launched.target if launched else args.server
+            results += asyncio.run(_run_config(args, prompts, config, target, launched))
+    return prompts, results
+
+
+def default_hf_threads(server_args: list[str]) -> int:
+    """The executor's torch threads, so both sides compute with the same: its --num-threads
+    when the server args give one, else the executor's default (CPU cores - 1, at least 1)."""
+    for flag, value in zip(server_args, server_args[1:]):
+        if flag == "--num-threads":
+            return int(value)
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def run_baseline(args, prompts: SharedPrompts) -> report.ConfigResult:
+    from bench.hf_baseline import run_hf_baseline
+
+    requests = [(s.prompt_ids, s.max_tokens) for s in prompts.first_run.sent if s.trace.is_ok]
+    threads = args.hf_threads or default_hf_threads(args.configs[0].server_args or [])
+    with tqdm(total=len(requests), desc="hf", unit="req", disable=args.no_progress) as bar:
+        values = run_hf_baseline(args.model, requests, args.hf_batch_size, threads, bar.update)
+    return report.ConfigResult("hf", values, {"config": "hf", "model": args.model})
+
+
+def header(args, argv: list[str], prompts: SharedPrompts) -> dict:
+    info = prompts.model_info
+    workload = {key: getattr(args, key) for key in (
+        "workload", "seed", "num_prompts", "input_len", "output_len", "sessions", "turns",
+        "system_len", "user_len", "docs", "doc_len", "questions", "question_len", "prefix_len",
+        "suffix_len", "request_rate", "max_concurrency", "slo")}
+    workload["num_requests"] = prompts.num_requests
+    return {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": ["strata", "bench", *argv], "workload": workload,
+            "model": None if info is None else {
+                "model_id": info.model_id, "architecture": info.architecture, "dtype": info.dtype,
+                "device": info.device, "vocab_size": info.vocab_size,
+                "max_model_len": info.max_model_len, "block_size": info.block_size},
+            "versions": environment.package_versions(), "threads": environment.thread_settings(),
+            "machine": environment.machine()}
+
+
+def main(argv: list[str]) -> int:
+    """Run the benchmark; 0 when every request completed, 1 when some failed, 2 on setup errors."""
+    args, _ = options.parse(argv)
+    try:
+        prompts, results = run_servers(args)
+    except (LaunchError, ValueError) as error:
+        print(f"strata bench: {error}", file=sys.stderr)
+        return 2
+    baseline = run_baseline(args, prompts) if args.baseline == "hf" else None
+    report.attach_ratios(results, baseline)
+    print(report.format_table(results + ([baseline] if baseline else [])))
+    if args.json:
+        content = report.document(results, baseline, header(args, argv, prompts))
+        report.write_json(args.json, content)
+    if args.plot:
+        from bench.plot import plot
+
+        plot(args.plot, results, f"strata bench: {args.workload}")
+    num_failed = sum(r.metrics["num_failed"] for r in results)
+    if num_failed:
+        errors = [e for r in results for e in r.metrics.get("errors", [])]
+        print(f"strata bench: {num_failed} requests failed, e.g. {errors[:3]}", file=sys.stderr)
+    return 1 if num_failed else 0
