@@ -7,3 +7,7 @@ class PlanError(ValueError):
 
 class CheckpointError(ValueError):
     """A model directory the executor cannot load: the message says what is wrong and what to change."""
+
+
+class ArenaError(OSError):
+    """A kvstore arena the executor cannot map (-> FAILED_PRECONDITION)."""

@@ -39,7 +39,7 @@ class ScheduledRequest(NamedTuple):
 
 
 def check_plan(plan, requests: dict[str, RequestState], limits: Limits,
-               mapped_arenas: set[str]) -> list[ScheduledRequest]:
+               arena_slots: dict[str, int]) -> list[ScheduledRequest]:
     """Validate the whole plan against held state; change nothing; PlanError says what is wrong.
 
     Finishing an unknown request id is not an error (a no-op): aborts stay idempotent and a
@@ -60,7 +60,7 @@ def check_plan(plan, requests: dict[str, RequestState], limits: Limits,
         seen.add(rid)
         scheduled.append(_check_running(running, requests[rid], limits))
     _check_totals(plan, scheduled, limits)
-    _check_moves(plan, limits, mapped_arenas)
+    _check_moves(plan, limits, arena_slots)
     return scheduled
 
 
@@ -121,12 +121,21 @@ def _check_totals(plan, scheduled: list[ScheduledRequest], limits: Limits) -> No
         raise PlanError(f"plan holds {len(scheduled)} requests, more than max_num_seqs {limits.max_num_seqs}")
 
 
-def _check_moves(plan, limits: Limits, mapped_arenas: set[str]) -> None:
+def _check_moves(plan, limits: Limits, arena_slots: dict[str, int]) -> None:
+    """arena_slots: mapped arena id -> its number of slots."""
+    move_ids = set()
     for kind, moves in (("loads", plan.loads), ("stores", plan.stores)):
         for move in moves:
-            if move.arena_id not in mapped_arenas:
-                raise PlanError(f"{kind}: no host arena mapped with id {move.arena_id!r}; the executor "
-                                "maps arenas when a kvstore is attached")
+            num_slots = arena_slots.get(move.arena_id)
+            if num_slots is None:
+                raise PlanError(f"{kind}: no host arena mapped with id {move.arena_id!r}: call "
+                                "MapArena with the kvstore's arena first")
+            if move.slot >= num_slots:
+                raise PlanError(f"{kind}: slot {move.slot} out of range (arena {move.arena_id!r} "
+                                f"has {num_slots} slots)")
             if move.block_id >= limits.num_blocks:
                 raise PlanError(f"{kind}: block id {move.block_id} out of range (pool has "
                                 f"{limits.num_blocks} blocks)")
+            if move.move_id in move_ids:
+                raise PlanError(f"{kind}: move_id {move.move_id} appears twice in one plan")
+            move_ids.add(move.move_id)

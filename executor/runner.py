@@ -9,7 +9,9 @@ from torch import Tensor
 
 from executor.batch import build_batch
 from executor.kv_pool import KVPool
+from executor.errors import PlanError
 from executor.models.loader import LoadedModel
+from executor.page_mover import PageMover
 from executor.request_state import Limits, RequestState, ScheduledRequest, check_plan
 from executor.sampler import RowContext, sample
 from protos.v1 import common_pb2, executor_pb2
@@ -31,25 +33,34 @@ class Runner:
                              vocab_size=config.vocab_size, max_model_len=config.max_model_len,
                              max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs)
         self.requests: dict[str, RequestState] = {}
-        self.mapped_arenas: set[str] = set()  # host arenas arrive with the kvstore integration
+        self.mover = PageMover(pool)
 
-    def reset(self) -> None:
+    def reset(self) -> int:
+        """Forget every request; wait for moves in flight (returns how many there were)."""
         self.requests.clear()
+        return self.mover.drain()
 
     def step(self, plan: executor_pb2.StepPlan) -> StepOutput:
         """Apply one plan. PlanError (nothing changed) if it is malformed."""
-        scheduled = check_plan(plan, self.requests, self.limits, self.mapped_arenas)
+        scheduled = check_plan(plan, self.requests, self.limits, self.mover.arena_slots)
+        reason = self.mover.check_ids([m.move_id for m in (*plan.loads, *plan.stores)])
+        if reason is not None:
+            raise PlanError(reason)
         for request_id in plan.finished_request_ids:
             self.requests.pop(request_id, None)
         work = self._admit(scheduled)
+        self.mover.submit(plan.loads, plan.stores)
         start = time.perf_counter()
         logits, states = self._forward(work)
-        result = executor_pb2.StepResult(step_id=plan.step_id)
+        result = executor_pb2.StepResult(step_id=plan.step_id, num_computed_tokens=plan.num_scheduled_tokens)
         if states:
             self._sample_into(result, logits, states)
         result.forward_seconds = time.perf_counter() - start
         for state, num_scheduled in work:
             state.num_computed_tokens += num_scheduled
+        moves = self.mover.collect(0.0 if work else plan.wait_for_moves_s)
+        result.done_moves.extend(moves.done)
+        result.failed_moves.extend(moves.failed)
         return StepOutput(result, logits, [state.request_id for state in states])
 
     def _admit(self, scheduled: list[ScheduledRequest]) -> list[tuple[RequestState, int]]:

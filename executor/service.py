@@ -7,7 +7,7 @@ import threading
 
 import grpc
 
-from executor.errors import PlanError
+from executor.errors import ArenaError, PlanError
 from executor.runner import Runner
 from protos.v1 import executor_pb2, executor_pb2_grpc
 
@@ -22,6 +22,8 @@ def maps_errors(method):
             return method(self, request, context)
         except PlanError as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except ArenaError as error:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         except Exception as error:  # noqa: BLE001 - the daemon must keep serving
             if isinstance(error, grpc.RpcError) or context.code() is not None:
                 raise
@@ -56,8 +58,16 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
     def Reset(self, request, context):
         runner = self._ready_runner(context)
         with self.lock:
-            runner.reset()
-        return executor_pb2.ResetResponse()
+            num_drained = runner.reset()
+        return executor_pb2.ResetResponse(num_drained_moves=num_drained)
+
+    @maps_errors
+    def MapArena(self, request, context):
+        runner = self._ready_runner(context)
+        with self.lock:
+            is_pinned = runner.mover.map_arena(request.arena_id, request.arena_path,
+                                               request.slot_bytes, request.num_slots)
+        return executor_pb2.MapArenaResponse(is_pinned=is_pinned)
 
 
 def describe(runner: Runner) -> executor_pb2.DescribeResponse:
