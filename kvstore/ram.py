@@ -21,9 +21,10 @@ class RamTier:
         self.num_prefaulted_bytes = 0
         self.tag = f"strata-kv-{os.getpid()}-{secrets.token_hex(4)}"
 
-    @staticmethod
-    def arena_id(page_bytes: int) -> str:
-        return f"ram-{page_bytes}"
+    def arena_id(self, page_bytes: int) -> str:
+        """Unique per kvstore process: a client that sees a new id knows the store restarted
+        and that it must map the new arena before moving pages."""
+        return f"ram-{page_bytes}-{self.tag.rsplit('-', 1)[-1]}"
 
     def arena(self, page_bytes: int) -> Arena:
         """The arena of this page size, created (and pre-faulted within the budget) on first use."""

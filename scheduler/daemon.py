@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 from concurrent import futures
@@ -22,6 +23,9 @@ from tokenizers import Tokenizer
 from protos.v1 import generation_pb2, generation_pb2_grpc
 from scheduler.engine import Engine
 from scheduler.executor_link import ExecutorLink
+from scheduler.block_pool import BlockPool
+from scheduler.kv_link import KVStoreLink
+from scheduler.offload import OffloadConfig, Offloader
 from scheduler.scheduler import Scheduler, SchedulerConfig
 from scheduler.service import GenerationService
 
@@ -41,6 +45,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="token budget per step (default and ceiling: the executor's)")
     parser.add_argument("--max-num-seqs", type=int, default=None,
                         help="requests per step (default and ceiling: the executor's)")
+    parser.add_argument("--kvstore", default=None,
+                        help="kvstore address (unix:PATH or HOST:PORT) for offloading and prefix "
+                             "reuse from RAM/NVMe; absent: device prefix cache only")
+    parser.add_argument("--kvstore-token", default=os.environ.get("STRATA_KVSTORE_TOKEN"),
+                        help="bearer token of the kvstore (env STRATA_KVSTORE_TOKEN)")
+    parser.add_argument("--max-store-pages-per-step", type=int, default=64,
+                        help="store bandwidth budget: pages written through to the kvstore per step")
+    parser.add_argument("--load-policy", choices=["cost", "always"], default="cost",
+                        help="cost: load kvstore pages when the measured load time beats the "
+                             "measured prefill time, else recompute; always: load every hit")
     parser.add_argument("--max-waiting", type=int, default=1024,
                         help="waiting requests before new ones get RESOURCE_EXHAUSTED")
     return parser.parse_args(argv)
@@ -64,8 +78,23 @@ def build_engine(link: ExecutorLink, args: argparse.Namespace, on_lost) -> tuple
                                       "max-num-batched-tokens"),
         max_num_seqs=capped(args.max_num_seqs, describe.max_num_seqs, "max-num-seqs"),
         max_model_len=describe.max_model_len, eos_token_ids=frozenset(describe.eos_token_ids))
-    engine = Engine(Scheduler(config), link.step, tokenizer, args.max_waiting, on_lost)
+    offloader = build_offloader(link, args, describe) if args.kvstore else None
+    engine = Engine(Scheduler(config, offloader), link.step, tokenizer, args.max_waiting, on_lost)
     return engine, tokenizer, describe
+
+
+def build_offloader(link: ExecutorLink, args: argparse.Namespace, describe) -> Offloader:
+    """The kvstore namespace names the page layout: pages of another model, dtype or shape never
+    mix (the block keys bind the same and the cache_salt)."""
+    shape = (describe.num_layers, 2, describe.block_size, describe.num_kv_heads, describe.head_dim)
+    namespace = f"{describe.model_id}/{describe.kv_dtype}/{'x'.join(map(str, shape))}"
+    kv_link = KVStoreLink(args.kvstore, namespace, describe.page_bytes, args.kvstore_token)
+    offloader = Offloader(kv_link, BlockPool(describe.num_blocks), describe.block_size,
+                          describe.page_bytes, link.map_arena,
+                          OffloadConfig(max_store_pages_per_step=args.max_store_pages_per_step,
+                                        is_always_load=args.load_policy == "always"))
+    kv_link.start()
+    return offloader
 
 
 class Daemon:
@@ -107,6 +136,10 @@ class Daemon:
         self.health.set(SERVICE_NAME, NOT_SERVING)
         if self.link.wait_until_ready(self.stop_event.is_set):
             self.link.reset()
+            offloader = self.engine.scheduler.offloader if self.engine else None
+            if offloader is not None and offloader.link.layout is not None:
+                if not self.link.map_arena(offloader.link.layout):   # a new executor maps nothing
+                    offloader.link.mark_down("the executor cannot map its arena")
             self.health.set(SERVICE_NAME, SERVING)
 
     def stop(self) -> None:
@@ -114,6 +147,8 @@ class Daemon:
         self.server.stop(GRACE_SECONDS).wait()
         if self.engine is not None:
             self.engine.shutdown()
+            if self.engine.scheduler.offloader is not None:
+                self.engine.scheduler.offloader.close()
         self.link.close()
 
 

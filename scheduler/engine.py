@@ -117,7 +117,8 @@ class Engine:
 
     def _run_step(self) -> None:
         step = self.scheduler.plan()
-        if not step.scheduled:
+        plan = step.plan
+        if not step.scheduled and not (plan.loads or plan.stores or self.scheduler.has_moves_in_flight):
             # Nothing fits this step; keep the finished ids for the next real plan.
             self.scheduler.finished_ids_to_send[:0] = step.plan.finished_request_ids
             self._drain_inbox(is_blocking=True)
@@ -139,9 +140,10 @@ class Engine:
         else:
             log.error("executor step failed (%s: %s); re-admitting running requests",
                       error.code(), error.details())
-        self.scheduler.preempt_all()
+        # Back (and Reset: page copies drained) before blocks and kvstore slots are given back.
         if self.on_executor_lost is not None:
             self.on_executor_lost()
+        self.scheduler.preempt_all()
 
     def _dispatch(self, outputs: list[RequestOutput | None]) -> None:
         streams = self.streams
@@ -159,9 +161,11 @@ class Engine:
     # ---- any thread ----------------------------------------------------------------------
     def stats(self) -> generation_pb2.Stats:
         scheduler, counters = self.scheduler, self.scheduler.counters
+        tiers = [] if scheduler.offloader is None else scheduler.offloader.tier_stats()
         return generation_pb2.Stats(
             num_running=scheduler.num_running, num_waiting=scheduler.num_waiting,
-            num_loading=0, num_device_blocks=scheduler.pool.num_blocks,
+            num_loading=scheduler.num_loading, num_device_blocks=scheduler.pool.num_blocks,
+            tiers=tiers,
             num_free_device_blocks=scheduler.pool.num_free_blocks,
             prefix_cache_query_tokens=counters.prefix_cache_query_tokens,
             prefix_cache_hit_tokens=counters.prefix_cache_hit_tokens,

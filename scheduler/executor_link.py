@@ -44,6 +44,17 @@ class ExecutorLink:
     def reset(self) -> None:
         self.stub.Reset(executor_pb2.ResetRequest(), timeout=30)
 
+    def map_arena(self, layout) -> bool:
+        """Ask the executor to map a kvstore arena (a kv_link.Layout); False (logged) on failure."""
+        try:
+            self.stub.MapArena(executor_pb2.MapArenaRequest(
+                arena_id=layout.arena_id, arena_path=layout.arena_path,
+                slot_bytes=layout.slot_bytes, num_slots=layout.num_slots), timeout=30)
+            return True
+        except grpc.RpcError as error:
+            log.error("executor cannot map kvstore arena %s: %s", layout.arena_path, error.details())
+            return False
+
     def step(self, plan: executor_pb2.StepPlan) -> executor_pb2.StepResult:
         return self.stub.Step(plan)
 

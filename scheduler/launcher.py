@@ -1,7 +1,8 @@
 """`strata up` and `strata demo`: all daemons on this machine as supervised child processes.
 
-    strata up [--model DIR]   executor + scheduler on unix sockets in a private 0700 temp dir,
-                              the public API on --host:--port; children restarted when they die
+    strata up [--model DIR]   kvstore + executor + scheduler on unix sockets in a private 0700
+                              temp dir, the public API on --host:--port; children restarted
+                              when they die
     strata demo               the same on the built-in model, one streamed completion, then stop
 """
 from __future__ import annotations
@@ -46,11 +47,31 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--max-num-batched-tokens", type=int)
     parser.add_argument("--max-num-seqs", type=int)
     parser.add_argument("--max-waiting", type=int, default=1024)
+    tiers = parser.add_argument_group("kvstore (offloading and prefix reuse from RAM and disk)")
+    tiers.add_argument("--no-kvstore", action="store_true",
+                       help="no kvstore: device prefix cache only, preemption by recompute")
+    tiers.add_argument("--kvstore-ram", default=None,
+                       help="RAM tier size, e.g. 4GiB (default: 1/8 of available RAM, at most 4GiB)")
+    tiers.add_argument("--kvstore-disk", default=None,
+                       help="disk tier size under <data-dir>/kvstore, e.g. 20GiB; 0 turns it off "
+                            "(default: 1/4 of the free space there, at most 16GiB)")
     return parser
 
 
+def default_ram_tier_bytes() -> int:
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        available = 8 << 30
+    return max(64 << 20, min(4 << 30, available // 8))
+
+
+def default_disk_tier_bytes(data_dir: Path) -> int:
+    return min(16 << 30, shutil.disk_usage(data_dir).free // 4)
+
+
 def child_specs(args: argparse.Namespace, run_dir: Path) -> list[ChildSpec]:
-    """Start order. A kvstore child (a later issue) goes first: the executor maps its arena."""
+    """Start order: the kvstore first (the executor maps its arena), the scheduler last."""
     executor_socket = f"unix:{run_dir / 'executor.sock'}"
     executor = ["executor", "--listen", executor_socket, "--data-dir", str(args.data_dir),
                 "--block-size", str(args.block_size), "--dtype", args.dtype]
@@ -63,10 +84,27 @@ def child_specs(args: argparse.Namespace, run_dir: Path) -> list[ChildSpec]:
     for flag, value in optional.items():
         if value is not None:
             executor.extend([flag, str(value)])
-    return [
+    children = [
         ChildSpec("executor", executor, executor_socket, "strata.v1.Executor"),
         ChildSpec("scheduler", scheduler, f"{args.host}:{args.port}", "strata.v1.Generation", 120.0),
     ]
+    if not args.no_kvstore:
+        kvstore_socket = f"unix:{run_dir / 'kvstore.sock'}"
+        scheduler.extend(["--kvstore", kvstore_socket])
+        children.insert(0, ChildSpec("kvstore", kvstore_argv(args, kvstore_socket), kvstore_socket,
+                                     "strata.v1.KVStore", 60.0))
+    return children
+
+
+def kvstore_argv(args: argparse.Namespace, listen: str) -> list[str]:
+    ram = args.kvstore_ram or str(default_ram_tier_bytes())
+    argv = ["kvstore", "--listen", listen, "--ram", ram]
+    disk = args.kvstore_disk or str(default_disk_tier_bytes(args.data_dir))
+    if disk.strip() != "0":
+        disk_dir = args.data_dir / "kvstore"
+        disk_dir.mkdir(parents=True, exist_ok=True)
+        argv += ["--disk", str(disk_dir), "--disk-size", disk]
+    return argv
 
 
 def serve(args: argparse.Namespace, on_ready: Callable[[str, threading.Event, Supervisor], int]) -> int:

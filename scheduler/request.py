@@ -10,6 +10,7 @@ from scheduler.detokenizer import TextStream
 
 class RequestStatus(enum.Enum):
     WAITING = "waiting"        # not holding blocks (new, or preempted)
+    LOADING = "loading"        # holds blocks whose pages are being copied in from the kvstore
     RUNNING = "running"        # holds blocks; scheduled whenever the budget allows
     FINISHED = "finished"      # stopped, length, or aborted; holds nothing
 
@@ -52,6 +53,7 @@ class Request:
     is_known_to_executor: bool = False
     num_blocks_sent: int = 0          # block_ids[:num_blocks_sent] are in the executor's table
     num_preemptions: int = 0
+    is_prefetched: bool = False       # its kvstore pages were asked into RAM while it waited
     # Set for requests with stop strings: the scheduler must see text to know when to stop.
     text_stream: TextStream | None = None
 

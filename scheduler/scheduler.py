@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import logging
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from protos.v1 import executor_pb2
 from scheduler.block_hash import extend_keys
@@ -20,6 +20,9 @@ from scheduler.outputs import RequestOutput, make_output
 from scheduler.request import FinishReason, Request, RequestStatus
 from scheduler.step_plan import build_plan
 from scheduler.stopping import check_stop
+
+if TYPE_CHECKING:
+    from scheduler.offload import Offloader
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +57,12 @@ class Step(NamedTuple):
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig):
+    def __init__(self, config: SchedulerConfig, offloader: "Offloader | None" = None):
+        """offloader: page loads and stores through a kvstore (None: device prefix cache only);
+        it must share this scheduler's block pool."""
         self.config = config
-        self.pool = BlockPool(config.num_blocks)
+        self.offloader = offloader
+        self.pool = offloader.pool if offloader is not None else BlockPool(config.num_blocks)
         self.requests: dict[str, Request] = {}
         self.waiting: list[tuple[tuple[int, int], Request]] = []   # heap by sort_key
         self.running: list[Request] = []        # sorted by sort_key when is_running_sorted
@@ -80,12 +86,22 @@ class Scheduler:
             return None
         if request.status is RequestStatus.RUNNING:
             self.running.remove(request)
+        elif request.status is RequestStatus.LOADING:
+            self.offloader.abort(request)
         self._finish(request, FinishReason.ABORT)
         return make_output(request, [], [])
 
     @property
     def has_work(self) -> bool:
-        return bool(self.requests)
+        return bool(self.requests) or self.has_moves_in_flight
+
+    @property
+    def has_moves_in_flight(self) -> bool:
+        return self.offloader is not None and self.offloader.has_in_flight
+
+    @property
+    def num_loading(self) -> int:
+        return 0 if self.offloader is None else self.offloader.num_loading
 
     @property
     def num_running(self) -> int:
@@ -97,6 +113,9 @@ class Scheduler:
         if not self.is_running_sorted:
             self.running.sort(key=Request.sort_key)
             self.is_running_sorted = True
+        offloader = self.offloader
+        if offloader is not None:
+            offloader.attach()
         scheduled: list[ScheduledRequest] = []
         budget = self._schedule_running(scheduled, self.config.max_num_batched_tokens)
         if not self.is_preempted_this_step:
@@ -104,6 +123,12 @@ class Scheduler:
         self.step_id += 1
         plan = build_plan(self.step_id, scheduled, self.finished_ids_to_send)
         self.finished_ids_to_send = []
+        if offloader is not None:
+            offloader.fill_plan(plan)
+            if self.waiting and offloader.link.is_up:
+                offloader.prefetch([r for _, r in heapq.nsmallest(
+                    offloader.config.num_prefetch_requests, self.waiting)
+                    if r.status is RequestStatus.WAITING])
         return Step(plan, scheduled)
 
     def _schedule_running(self, scheduled: list[ScheduledRequest], budget: int) -> int:
@@ -141,13 +166,21 @@ class Scheduler:
 
     def _admit_waiting(self, scheduled: list[ScheduledRequest], budget: int) -> None:
         config = self.config
-        while self.waiting and budget > 0 and len(self.running) < config.max_num_seqs \
+        while self.waiting and budget > 0 and len(self.running) + self.num_loading < config.max_num_seqs \
                 and len(scheduled) < config.max_num_seqs:
             request = self.waiting[0][1]
             if request.status is not RequestStatus.WAITING:   # aborted while waiting
                 heapq.heappop(self.waiting)
                 continue
-            hit_block_ids = self._match_prefix(request)
+            hit_block_ids, num_full_blocks = self._match_prefix(request)
+            if self.offloader is not None:
+                admission = self.offloader.admit(request, hit_block_ids, num_full_blocks)
+                if admission.is_blocked:
+                    break
+                if admission.is_loading:   # starts running once its pages are in
+                    heapq.heappop(self.waiting)
+                    self.num_waiting -= 1
+                    continue
             num_computed = len(hit_block_ids) * config.block_size
             num_tokens = min(request.num_tokens - num_computed, budget)
             num_needed = -(-(num_computed + num_tokens) // config.block_size) - len(hit_block_ids)
@@ -162,12 +195,13 @@ class Scheduler:
             scheduled.append(ScheduledRequest(request, num_tokens))
             budget -= num_tokens
 
-    def _match_prefix(self, request: Request) -> list[int]:
+    def _match_prefix(self, request: Request) -> tuple[list[int], int]:
+        """(device hit block ids, number of full blocks that could be reused)."""
         # Full blocks only, and never the last token: something must be left to sample from.
         num_full_blocks = (request.num_tokens - 1) // self.config.block_size
         extend_keys(request.block_keys, request.namespace, request.token_ids,
                     self.config.block_size, num_full_blocks)
-        return self.pool.match_prefix(request.block_keys[:num_full_blocks])
+        return self.pool.match_prefix(request.block_keys[:num_full_blocks]), num_full_blocks
 
     def _start_running(self, request: Request, num_computed: int) -> None:
         request.status = RequestStatus.RUNNING
@@ -200,6 +234,9 @@ class Scheduler:
                 log.error("executor sampled %s before its prompt was computed", sampled.request_id)
                 continue
             outputs.append(self._append_token(request, sampled))
+        if self.offloader is not None:
+            for request, num_computed in self.offloader.apply(result):
+                self._start_running(request, num_computed)
         return outputs
 
     def _append_token(self, request: Request, sampled: executor_pb2.SampledToken) -> RequestOutput:
@@ -224,9 +261,13 @@ class Scheduler:
             return
         extend_keys(request.block_keys, request.namespace, request.token_ids,
                     self.config.block_size, num_full_blocks)
-        for index in range(request.num_cached_blocks, num_full_blocks):
-            self.pool.cache_block(request.block_ids[index], request.block_keys[index])
+        first = request.num_cached_blocks
+        published = [index for index in range(first, num_full_blocks)
+                     if self.pool.cache_block(request.block_ids[index], request.block_keys[index])]
         request.num_cached_blocks = num_full_blocks
+        if self.offloader is not None and published:
+            self.offloader.queue_stores([request.block_ids[i] for i in published],
+                                        [request.block_keys[i] for i in published])
 
     # ---- state changes -------------------------------------------------------------------
     def _push_waiting(self, request: Request) -> None:
@@ -245,6 +286,8 @@ class Scheduler:
 
     def _preempt(self, request: Request) -> None:
         """Precondition: already removed from self.running."""
+        if self.offloader is not None:
+            self.offloader.on_preempt(request)
         self._release_blocks(request)
         request.num_preemptions += 1
         self.counters.num_preemptions += 1
@@ -256,6 +299,10 @@ class Scheduler:
         for request in self.running:
             self._preempt(request)
         self.running = []
+        if self.offloader is not None:
+            for request in self.offloader.reset():
+                request.num_preemptions += 1
+                self._push_waiting(request)
         self.finished_ids_to_send = []
 
     def _finish(self, request: Request, reason: FinishReason) -> None:

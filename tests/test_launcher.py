@@ -34,12 +34,12 @@ def generate_cli(address: str, *args: str) -> subprocess.CompletedProcess:
 
 def test_up_serves_restarts_a_dead_executor_and_stops_cleanly(llama_dir, tmp_path):
     with start_up(["--model", str(llama_dir), "--num-device-blocks", "64",
-                   "--data-dir", str(tmp_path / "data")]) as server:
+                   "--data-dir", str(tmp_path / "data"), "--kvstore-ram", "64MiB"]) as server:
         up_log = (server.run_dir / "up.log").read_text()
         assert f"strata serving on {server.address}" in up_log
         run_dirs = re.findall(r"unix:(\S+)/executor\.sock", (tmp_path / "data/logs/scheduler.log").read_text())
         pids = child_pids(up_log)
-        assert set(pids) == {"executor", "scheduler"}
+        assert set(pids) == {"kvstore", "executor", "scheduler"}
 
         result = generate_cli(server.address, "--tokens", "5,6,7", "--max-tokens", "12",
                               "--temperature", "0", "--ignore-eos")
@@ -65,7 +65,7 @@ def test_up_serves_restarts_a_dead_executor_and_stops_cleanly(llama_dir, tmp_pat
 
 def test_generate_reports_bad_input_as_status(llama_dir, tmp_path):
     with start_up(["--model", str(llama_dir), "--num-device-blocks", "64",
-                   "--data-dir", str(tmp_path / "data")]) as server:
+                   "--data-dir", str(tmp_path / "data"), "--kvstore-ram", "64MiB"]) as server:
         result = generate_cli(server.address, "--tokens", "5", "--temperature", "-1")
         assert result.returncode == 1
         assert "INVALID_ARGUMENT: sampling.temperature = -1.0: must be >= 0" in result.stderr

@@ -1,0 +1,168 @@
+"""The scheduler's connection to a kvstore: register the page layout, then the two-phase calls.
+
+    down --(monitor thread: Register ok)--> registered --(engine: executor maps arena)--> up
+    up   --(a call fails: unreachable, restarted, namespace lost)--> down
+
+While the link is down every call returns None at once and the scheduler serves by recompute.
+A kvstore that restarted hands out a new arena id: a reply naming another arena than the one the
+executor mapped marks the link down too, so no page is ever copied into a stale mapping.
+Only ids cross this link; page bytes move through the shared-memory arena.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import NamedTuple
+
+import grpc
+
+from protos.v1 import kvstore_pb2 as pb
+from protos.v1 import kvstore_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# A call that fails with one of these means the kvstore is gone or is not the one we registered with.
+DOWN_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                        grpc.StatusCode.CANCELLED, grpc.StatusCode.FAILED_PRECONDITION,
+                        grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
+                        grpc.StatusCode.UNAUTHENTICATED})
+RETRY_SECONDS = 1.0
+
+
+class Layout(NamedTuple):
+    arena_id: str
+    arena_path: str
+    slot_bytes: int
+    num_slots: int
+
+
+class Lease(NamedTuple):
+    lease_id: int
+    slots: list[int]              # loads: slot of each leading present key
+    key_indexes: list[int]        # stores: which key each slot is for (loads: 0..n-1)
+
+
+class KVStoreLink:
+    def __init__(self, address: str, namespace: str, page_bytes: int, token: str | None = None,
+                 timeout_s: float = 5.0):
+        self.address, self.namespace, self.page_bytes = address, namespace, page_bytes
+        self.channel = grpc.insecure_channel(address)
+        self.stub = kvstore_pb2_grpc.KVStoreStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout_s = timeout_s
+        self.layout: Layout | None = None          # mapped by the executor: the link is up
+        self.registered: Layout | None = None      # waiting for the executor to map it
+        self.is_closed = False
+        self.wake = threading.Event()
+        self.lock = threading.Lock()
+        self.num_reconnects = 0
+        self.monitor = threading.Thread(target=self._monitor, name="kvstore-link", daemon=True)
+
+    @property
+    def is_up(self) -> bool:
+        return self.layout is not None
+
+    def start(self) -> None:
+        self.monitor.start()
+
+    def close(self) -> None:
+        self.is_closed = True
+        self.wake.set()
+        self.channel.close()
+
+    # ---- up / down -----------------------------------------------------------------------
+    def _monitor(self) -> None:
+        """Register whenever the link is down and nothing registered waits to be mapped."""
+        while not self.is_closed:
+            if self.layout is None and self.registered is None:
+                layout = self._register()
+                with self.lock:
+                    if layout is not None and self.layout is None:
+                        self.registered = layout
+            self.wake.wait(RETRY_SECONDS)
+            self.wake.clear()
+
+    def _register(self) -> Layout | None:
+        try:
+            reply = self.stub.Register(pb.RegisterRequest(namespace=self.namespace,
+                                                          page_bytes=self.page_bytes),
+                                       metadata=self.metadata, timeout=self.timeout_s)
+        except grpc.RpcError as error:
+            log.debug("kvstore %s: register failed: %s", self.address, error.code())
+            return None
+        return Layout(reply.arena_id, reply.arena_path, reply.slot_bytes, reply.num_slots)
+
+    def take_registered(self) -> Layout | None:
+        """Engine thread: a registered layout the executor must map before set_up()."""
+        with self.lock:
+            layout, self.registered = self.registered, None
+        return layout
+
+    def set_up(self, layout: Layout) -> None:
+        self.layout = layout
+        self.num_reconnects += 1
+        log.info("kvstore %s attached (arena %s, %d slots)", self.address, layout.arena_id,
+                 layout.num_slots)
+
+    def mark_down(self, reason: str) -> None:
+        if self.layout is not None:
+            log.warning("kvstore %s is down (%s): serving by recompute until it is back",
+                        self.address, reason)
+        self.layout = None
+        self.wake.set()
+
+    # ---- calls (engine thread; None when down or refused) --------------------------------
+    def _call(self, method, request):
+        if self.layout is None:
+            return None
+        try:
+            return method(request, metadata=self.metadata, timeout=self.timeout_s)
+        except grpc.RpcError as error:
+            if error.code() in DOWN_CODES:
+                self.mark_down(f"{error.code().name}: {error.details()}")
+            else:   # no room, an expired lease: this call failed, the link is fine
+                log.info("kvstore %s: %s", error.code().name, error.details())
+            return None
+
+    def _is_same_arena(self, arena_id: str) -> bool:
+        if self.layout is not None and arena_id == self.layout.arena_id:
+            return True
+        self.mark_down(f"it answered with arena {arena_id!r}: it restarted")
+        return False
+
+    def lookup(self, keys: list[bytes]) -> list[int] | None:
+        """Tier (pb.Tier) of each leading present key."""
+        reply = self._call(self.stub.Lookup, pb.LookupRequest(namespace=self.namespace, keys=keys))
+        return None if reply is None else list(reply.tiers)
+
+    def prepare_store(self, keys: list[bytes]) -> Lease | None:
+        reply = self._call(self.stub.PrepareStore,
+                           pb.PrepareStoreRequest(namespace=self.namespace, keys=keys))
+        if reply is None:
+            return None
+        if reply.slots and not self._is_same_arena(reply.arena_id):
+            return None
+        return Lease(reply.lease_id, [s.slot for s in reply.slots], [s.key_index for s in reply.slots])
+
+    def complete_store(self, lease_id: int, is_ok: bool) -> bool:
+        reply = self._call(self.stub.CompleteStore, pb.CompleteStoreRequest(lease_id=lease_id, ok=is_ok))
+        return reply is not None
+
+    def prepare_load(self, keys: list[bytes]) -> Lease | None:
+        reply = self._call(self.stub.PrepareLoad,
+                           pb.PrepareLoadRequest(namespace=self.namespace, keys=keys))
+        if reply is None:
+            return None
+        if reply.slots and not self._is_same_arena(reply.arena_id):
+            return None
+        return Lease(reply.lease_id, list(reply.slots), list(range(len(reply.slots))))
+
+    def complete_load(self, lease_id: int) -> bool:
+        return self._call(self.stub.CompleteLoad, pb.CompleteLoadRequest(lease_id=lease_id)) is not None
+
+    def stats(self) -> pb.StatsResponse | None:
+        """Any thread."""
+        try:
+            return self.stub.Stats(pb.StatsRequest(), metadata=self.metadata, timeout=1.0)
+        except grpc.RpcError:
+            return None

@@ -1,0 +1,304 @@
+"""The device block pool x the kvstore: page loads and stores riding on step plans.
+
+Mechanism only; the decisions are LoadPolicy (load or recompute) and Prefetcher (offload_policy.py)
+and the store rule below (write every newly full block through once, within a per-step budget).
+
+    admission   device prefix hit, then Lookup the rest: PrepareLoad pins the pages, fresh blocks
+                are allocated and the request waits in LOADING while the executor copies
+    stores      full blocks queue up as they fill; each step PrepareStore picks those the kvstore
+                lacks (dedup); each block is held (ref count) until its copy is reported
+    results     done/failed moves: a loaded request starts running with its loaded prefix
+                computed (a failed page and the ones after it are recomputed); a store lease
+                completes (publish, or roll back if a copy failed) and its blocks are released
+    preemption  the victim's unstored full blocks go to the head of the store queue (swap):
+                on resume they are device or kvstore hits and only the tail is recomputed
+
+A request's blocks are never released while a copy into them is in flight, even when it is
+aborted: they go back to the pool when the executor reports the move.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Callable, NamedTuple
+
+from protos.v1 import executor_pb2
+from scheduler.block_hash import extend_keys
+from scheduler.block_pool import BlockPool
+from scheduler.kv_link import KVStoreLink, Layout
+from scheduler.offload_policy import LoadPolicy, Prefetcher
+from scheduler.offload_stats import OffloadStats
+from scheduler.request import Request, RequestStatus
+
+log = logging.getLogger(__name__)
+
+MAX_REMEMBERED_KEYS = 1 << 16   # keys known to be in the kvstore: skip their PrepareStore
+WAIT_FOR_MOVES_SECONDS = 0.05
+
+
+@dataclass(slots=True)
+class OffloadConfig:
+    max_store_pages_per_step: int = 64
+    max_store_queue: int = 8192
+    num_prefetch_requests: int = 8
+    is_always_load: bool = False     # load every kvstore hit, whatever the cost model says
+
+
+@dataclass(slots=True)
+class Loading:
+    request: Request
+    lease_id: int
+    first_index: int            # block table index of the first loaded block
+    block_ids: list[int]
+    tiers: list[int]
+    num_pending: int
+    started: float
+    first_failed: int | None = None
+    is_aborted: bool = False
+    held_block_ids: list[int] = field(default_factory=list)   # an aborted request's whole table
+
+
+@dataclass(slots=True)
+class Storing:
+    lease_id: int
+    block_ids: list[int]
+    keys: list[bytes]
+    num_pending: int
+    started: float
+    is_failed: bool = False
+
+
+class Admission(NamedTuple):
+    is_loading: bool       # the request now waits in LOADING
+    is_blocked: bool       # too few free blocks: stop admitting this step
+
+
+NOT_LOADED = Admission(False, False)
+
+
+class Offloader:
+    def __init__(self, link: KVStoreLink, pool: BlockPool, block_size: int, page_bytes: int,
+                 map_arena: Callable[[Layout], bool], config: OffloadConfig | None = None):
+        """map_arena: asks the executor to map a kvstore arena (engine thread); False on failure."""
+        self.link, self.pool, self.block_size = link, pool, block_size
+        self.map_arena = map_arena
+        self.config = config or OffloadConfig()
+        self.policy = LoadPolicy(page_bytes, block_size, self.config.is_always_load)
+        self.prefetcher = Prefetcher(link)
+        self.stats = OffloadStats(page_bytes)
+        self.loading: dict[str, Loading] = {}
+        self.in_flight: dict[int, tuple[Loading | Storing, int]] = {}   # move id -> (owner, index)
+        self.pending_loads: list[executor_pb2.PageMove] = []
+        self.store_queue: deque[tuple[int, bytes]] = deque()
+        self.queued_keys: set[bytes] = set()
+        self.stored_keys: OrderedDict[bytes, None] = OrderedDict()
+        self.next_move_id = 1
+
+    @property
+    def num_loading(self) -> int:
+        return len(self.loading)
+
+    @property
+    def has_in_flight(self) -> bool:
+        return bool(self.in_flight or self.pending_loads)
+
+    def attach(self) -> None:
+        """Engine thread, each step: map a newly registered arena on the executor."""
+        layout = self.link.take_registered()
+        if layout is not None and self.map_arena(layout):
+            self.link.set_up(layout)
+
+    # ---- admission -----------------------------------------------------------------------
+    def admit(self, request: Request, hit_block_ids: list[int], num_full_blocks: int) -> Admission:
+        """After a device prefix hit of hit_block_ids: load the next full blocks if the kvstore
+        holds them and loading beats recomputing. Takes the hit blocks on LOADING."""
+        num_hits = len(hit_block_ids)
+        if num_hits >= num_full_blocks or not self.link.is_up:
+            return NOT_LOADED
+        keys = request.block_keys[num_hits:num_full_blocks]
+        tiers = self.link.lookup(keys)
+        num_load = self.policy.num_to_load(tiers) if tiers else 0
+        if num_load == 0:
+            return NOT_LOADED
+        num_hits_unused = sum(self.pool.ref_counts[b] == 0 for b in hit_block_ids)
+        if not self.pool.can_allocate(num_load + num_hits_unused):
+            return Admission(False, True)
+        started = time.perf_counter()
+        lease = self.link.prepare_load(keys[:num_load])
+        if lease is None or not lease.slots:
+            if lease is not None:
+                self.link.complete_load(lease.lease_id)
+            return NOT_LOADED
+        self.policy.observe_prepare(max(tiers[:len(lease.slots)]), len(lease.slots),
+                                    time.perf_counter() - started)
+        self.pool.acquire(hit_block_ids)
+        block_ids = self.pool.allocate(len(lease.slots))
+        request.block_ids = hit_block_ids + block_ids
+        request.status = RequestStatus.LOADING
+        entry = Loading(request, lease.lease_id, num_hits, block_ids, tiers[:len(block_ids)],
+                        len(block_ids), started)
+        self.loading[request.request_id] = entry
+        for index, (block_id, slot) in enumerate(zip(block_ids, lease.slots)):
+            self.pending_loads.append(self._move(entry, index, block_id, slot))
+        return Admission(True, False)
+
+    def _move(self, owner: Loading | Storing, index: int, block_id: int, slot: int):
+        move_id, self.next_move_id = self.next_move_id, self.next_move_id + 1
+        self.in_flight[move_id] = (owner, index)
+        return executor_pb2.PageMove(block_id=block_id, slot=slot, arena_id=self.link.layout.arena_id,
+                                     move_id=move_id)
+
+    def prefetch(self, waiting: list[Request]) -> None:
+        """Warm RAM for the first queued requests (each once)."""
+        for request in waiting[:self.config.num_prefetch_requests]:
+            if request.is_prefetched or not self.link.is_up:
+                continue
+            num_full = (request.num_tokens - 1) // self.block_size
+            extend_keys(request.block_keys, request.namespace, request.token_ids, self.block_size,
+                        num_full)
+            if num_full == 0 or self.prefetcher.submit(request.block_keys[:num_full]):
+                request.is_prefetched = True
+
+    # ---- stores --------------------------------------------------------------------------
+    def queue_stores(self, block_ids: list[int], keys: list[bytes], is_urgent: bool = False) -> None:
+        """Newly published full blocks (urgent: a preempted request's, to the head)."""
+        if not self.link.is_up:
+            return
+        items = [(b, k) for b, k in zip(block_ids, keys)
+                 if k not in self.queued_keys and k not in self.stored_keys]
+        self.queued_keys.update(k for _, k in items)
+        if is_urgent:
+            self.store_queue.extendleft(reversed(items))
+        else:
+            self.store_queue.extend(items)
+        while len(self.store_queue) > self.config.max_store_queue:
+            self.queued_keys.discard(self.store_queue.popleft()[1])
+
+    def on_preempt(self, request: Request) -> None:
+        num_full = request.num_cached_blocks
+        self.queue_stores(request.block_ids[:num_full], request.block_keys[:num_full], is_urgent=True)
+
+    def _issue_stores(self, plan: executor_pb2.StepPlan) -> None:
+        batch = []
+        while self.store_queue and len(batch) < self.config.max_store_pages_per_step:
+            block_id, key = self.store_queue.popleft()
+            self.queued_keys.discard(key)
+            if self.pool.block_keys[block_id] == key:   # else evicted before its turn: dropped
+                batch.append((block_id, key))
+        if not batch or not self.link.is_up:
+            return
+        lease = self.link.prepare_store([key for _, key in batch])
+        if lease is None:
+            return
+        written = set(lease.key_indexes)
+        self._remember([key for i, (_, key) in enumerate(batch) if i not in written])
+        if not lease.slots:
+            self.link.complete_store(lease.lease_id, True)
+            return
+        block_ids = [batch[i][0] for i in lease.key_indexes]
+        self.pool.acquire(block_ids)
+        entry = Storing(lease.lease_id, block_ids, [batch[i][1] for i in lease.key_indexes],
+                        len(block_ids), time.perf_counter())
+        for index, (block_id, slot) in enumerate(zip(block_ids, lease.slots)):
+            plan.stores.append(self._move(entry, index, block_id, slot))
+
+    def _remember(self, keys: list[bytes]) -> None:
+        for key in keys:
+            self.stored_keys[key] = None
+        while len(self.stored_keys) > MAX_REMEMBERED_KEYS:
+            self.stored_keys.popitem(last=False)
+
+    # ---- plan and result -----------------------------------------------------------------
+    def fill_plan(self, plan: executor_pb2.StepPlan) -> None:
+        plan.loads.extend(self.pending_loads)
+        self.pending_loads = []
+        if self.store_queue:
+            self._issue_stores(plan)
+        if self.in_flight:
+            plan.wait_for_moves_s = WAIT_FOR_MOVES_SECONDS
+
+    def apply(self, result: executor_pb2.StepResult) -> list[tuple[Request, int]]:
+        """Account finished moves; returns (request, num_computed_tokens) of loads now complete."""
+        if result.num_computed_tokens:
+            self.policy.observe_prefill(result.num_computed_tokens, result.forward_seconds)
+        ready = []
+        for move_id, is_ok in [(m, True) for m in result.done_moves] + \
+                              [(m, False) for m in result.failed_moves]:
+            owner, index = self.in_flight.pop(move_id, (None, 0))
+            if isinstance(owner, Loading):
+                if not is_ok and (owner.first_failed is None or index < owner.first_failed):
+                    owner.first_failed = index
+                owner.num_pending -= 1
+                if owner.num_pending == 0:
+                    self._finish_load(owner, ready)
+            elif isinstance(owner, Storing):
+                owner.is_failed |= not is_ok
+                owner.num_pending -= 1
+                if owner.num_pending == 0:
+                    self._finish_store(owner)
+        return ready
+
+    def _finish_load(self, entry: Loading, ready: list) -> None:
+        del self.loading[entry.request.request_id]
+        self.link.complete_load(entry.lease_id)
+        if entry.is_aborted:
+            self.pool.release(reversed(entry.held_block_ids))
+            return
+        num_ok = len(entry.block_ids) if entry.first_failed is None else entry.first_failed
+        request = entry.request
+        for index in range(num_ok):
+            self.pool.cache_block(entry.block_ids[index], request.block_keys[entry.first_index + index])
+        self.stats.on_load(entry.tiers[:num_ok], len(entry.block_ids) - num_ok,
+                           time.perf_counter() - entry.started)
+        ready.append((request, (entry.first_index + num_ok) * self.block_size))
+
+    def _finish_store(self, entry: Storing) -> None:
+        is_published = self.link.complete_store(entry.lease_id, not entry.is_failed)
+        if is_published and not entry.is_failed:
+            self._remember(entry.keys)
+            self.stats.on_store(len(entry.block_ids), time.perf_counter() - entry.started)
+        self.pool.release(entry.block_ids)
+
+    # ---- aborts and resets ---------------------------------------------------------------
+    def abort(self, request: Request) -> None:
+        """A LOADING request is aborted: its blocks stay held until its copies are reported."""
+        entry = self.loading[request.request_id]
+        entry.is_aborted = True
+        entry.held_block_ids, request.block_ids = request.block_ids, []
+
+    def reset(self) -> list[Request]:
+        """The executor lost every move in flight (it restarted, or Reset drained them): roll
+        back leases, release blocks; returns the LOADING requests to queue again."""
+        requeue = []
+        owners = {id(owner): owner for owner, _ in self.in_flight.values()}
+        for owner in owners.values():
+            if isinstance(owner, Storing):
+                owner.is_failed = True
+                self._finish_store(owner)
+        for entry in list(self.loading.values()):
+            del self.loading[entry.request.request_id]
+            self.link.complete_load(entry.lease_id)
+            held = entry.held_block_ids if entry.is_aborted else entry.request.block_ids
+            self.pool.release(reversed(held))
+            if not entry.is_aborted:
+                entry.request.block_ids = []
+                requeue.append(entry.request)
+        self.in_flight.clear()
+        self.pending_loads = []
+        return requeue
+
+    def close(self) -> None:
+        self.prefetcher.close()
+        self.link.close()
+
+    def tier_stats(self) -> list:
+        return self.stats.tier_stats(self.link.stats())
+
+    def integrity_problem(self) -> str | None:
+        """Offload-side invariants; None when they hold."""
+        if self.in_flight or self.loading or self.pending_loads:
+            return f"{len(self.in_flight)} moves in flight, {len(self.loading)} loading"
+        return None
+
