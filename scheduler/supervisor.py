@@ -99,18 +99,28 @@ class Supervisor:
                 self._spawn(child)
 
     def stop_all(self) -> None:
-        """SIGTERM every child (reverse start order), SIGKILL those alive after the grace."""
-        alive = [c.process for c in reversed(self.children) if c.process and c.process.poll() is None]
-        for process in alive:
+        """Stop every child, in reverse start order (see stop_processes)."""
+        stop_processes([c.process for c in reversed(self.children) if c.process is not None],
+                       STOP_GRACE_SECONDS)
+
+
+def stop_processes(processes: list[subprocess.Popen], grace_s: float) -> list[int | None]:
+    """SIGTERM each live process by PID (in the given order), give them grace_s seconds in
+    total to exit, SIGKILL the rest. Returns each process's exit code, in the given order
+    (negative: killed by that signal). Processes that already exited are only reaped, so
+    stopping a list twice is safe."""
+    for process in processes:
+        if process.poll() is None:
             os.kill(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for process in alive:
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("pid %d did not stop in %.0fs; killing it", process.pid, STOP_GRACE_SECONDS)
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("pid %d did not stop in %.0fs; killing it", process.pid, grace_s)
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+    return [process.returncode for process in processes]
 
 
 def tail(path: Path, num_chars: int = 3000) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.v1 import generation_pb2_grpc
+from scheduler.supervisor import stop_processes  # noqa: F401 - tests import it from here
 
 READY_SERVICE = "strata.v1.Generation"
 STRATA = [sys.executable, "-m", "scheduler.cli"]
@@ -40,6 +40,13 @@ class Server:
     stub: generation_pb2_grpc.GenerationStub
     processes: list[subprocess.Popen] = field(default_factory=list)
     run_dir: Path | None = None
+    kvstore_argv: list[str] | None = None     # how the kvstore child was started (to restart it)
+
+    def restart_kvstore(self) -> subprocess.Popen:
+        """Start the kvstore again with the same flags (after a test killed it)."""
+        process = spawn(self.kvstore_argv, self.run_dir / "kvstore.log")
+        self.processes.insert(0, process)
+        return process
 
 
 def free_port() -> int:
@@ -84,41 +91,34 @@ def logs(run_dir: Path) -> str:
                      for p in sorted(run_dir.glob("*.log")))
 
 
-def stop_processes(processes: list[subprocess.Popen], grace_s: float = 10) -> list[int | None]:
-    """SIGTERM each by PID, then SIGKILL what is still alive after the grace period."""
-    for process in processes:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for process in processes:
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-    return [process.returncode for process in processes]
-
-
 @contextlib.contextmanager
 def start_daemons(model_dir: Path, *, num_device_blocks: int = 512, block_size: int = 16,
-                  executor_args: tuple[str, ...] = (), scheduler_args: tuple[str, ...] = ()
-                  ) -> Iterator[Server]:
-    """The executor and the scheduler as two processes on a unix socket."""
+                  executor_args: tuple[str, ...] = (), scheduler_args: tuple[str, ...] = (),
+                  kvstore_args: tuple[str, ...] | None = None) -> Iterator[Server]:
+    """The executor and the scheduler as two processes on a unix socket; with kvstore_args, a
+    kvstore too (its arena files in the run dir) and the scheduler offloads to it."""
     run_dir = Path(tempfile.mkdtemp(prefix="st"))
     socket_path = run_dir / "ex.sock"
     address = f"127.0.0.1:{free_port()}"
-    processes = [spawn(["executor", "--listen", f"unix:{socket_path}", "--model", str(model_dir),
-                        "--data-dir", str(run_dir / "data"), "--num-threads", "1",
-                        "--num-device-blocks", str(num_device_blocks), "--block-size", str(block_size),
-                        *executor_args], run_dir / "executor.log")]
+    processes, kvstore_argv = [], None
+    if kvstore_args is not None:
+        kvstore_socket = f"unix:{run_dir / 'kv.sock'}"
+        kvstore_argv = ["kvstore", "--listen", kvstore_socket, "--shm-dir", str(run_dir), *kvstore_args]
+        processes.append(spawn(kvstore_argv, run_dir / "kvstore.log"))
+        scheduler_args = ("--kvstore", kvstore_socket, *scheduler_args)
+    processes.append(spawn(["executor", "--listen", f"unix:{socket_path}", "--model", str(model_dir),
+                            "--data-dir", str(run_dir / "data"), "--num-threads", "1",
+                            "--num-device-blocks", str(num_device_blocks), "--block-size", str(block_size),
+                            *executor_args], run_dir / "executor.log"))
     try:
         processes.append(spawn(["scheduler", "--executor", f"unix:{socket_path}", "--listen", address,
                                 *scheduler_args], run_dir / "scheduler.log"))
         channel = wait_ready(address, processes, run_dir)
-        yield Server(address, channel, generation_pb2_grpc.GenerationStub(channel), processes, run_dir)
+        yield Server(address, channel, generation_pb2_grpc.GenerationStub(channel), processes, run_dir,
+                     kvstore_argv)
         channel.close()
     finally:
-        stop_processes(processes[::-1])
+        stop_processes(processes[::-1], grace_s=10)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
