@@ -108,6 +108,7 @@ class Offloader:
         """Engine thread, each step: map a newly registered arena on the executor."""
         layout = self.link.take_registered()
         if layout is not None and self.map_arena(layout):
+            self.stored_keys.clear()   # maybe a new kvstore: what the old one held is gone
             self.link.set_up(layout)
 
     # ---- admission -----------------------------------------------------------------------

@@ -295,7 +295,8 @@ class Scheduler:
         self._push_waiting(request)
 
     def preempt_all(self) -> None:
-        """Send every running request back to waiting (the executor lost or forgot them)."""
+        """Send every running request back to waiting (the executor lost or forgot them). The
+        device prefix index is forgotten too: a restarted executor's pool holds none of it."""
         for request in self.running:
             self._preempt(request)
         self.running = []
@@ -303,6 +304,7 @@ class Scheduler:
             for request in self.offloader.reset():
                 request.num_preemptions += 1
                 self._push_waiting(request)
+        self.pool.reset_prefix_cache()
         self.finished_ids_to_send = []
 
     def _finish(self, request: Request, reason: FinishReason) -> None:

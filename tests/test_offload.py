@@ -1,7 +1,9 @@
 """Continuous batching x offloading through the real processes (kvstore + executor + scheduler):
 exact tokens under constant eviction, reload and swap; kvstore and executor crashes; aborts while
 pages move leave nothing held anywhere."""
+import os
 import random
+import re
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -77,7 +79,80 @@ def test_tiny_pool_with_offload_matches_no_offload_and_transformers(llama_dir):
     assert without == expected
     assert with_offload == expected
     assert again == expected[:16]
-    print(stats)
     assert stats.num_preemptions > 0 and ram_tier(stats).num_hits >= 16 * 6
     assert ram_tier(stats).bytes_stored > 0
     assert stats.is_integrity_ok and kv.num_leases == 0
+
+
+def test_kvstore_killed_mid_run_then_restarted(llama_dir):
+    model = load_hf_model(llama_dir)
+    cases = shared_prefix_cases(model.config.vocab_size, 48, seed=7)
+    expected = [hf_greedy(model, p, n) for p, n in cases]
+    with start_daemons(llama_dir, num_device_blocks=POOL_BLOCKS, block_size=BLOCK,
+                       kvstore_args=KVSTORE, scheduler_args=ALWAYS_LOAD) as server:
+        kvstore = server.processes[0]
+        with ThreadPoolExecutor(48) as pool:
+            futures = [pool.submit(generate_tokens, server.stub, *case) for case in cases]
+            while ram_tier(server.stub.GetStats(generation_pb2.GetStatsRequest())).num_hits < 20:
+                time.sleep(0.02)          # loads are happening: now pull the plug
+            kvstore.send_signal(signal.SIGKILL)
+            results = [future.result()[0] for future in futures]
+        assert results == expected
+        hits_down = ram_tier(wait_idle(server.stub)).num_hits
+
+        server.restart_kvstore()
+        deadline = time.monotonic() + 30
+        while ram_tier(server.stub.GetStats(generation_pb2.GetStatsRequest())).num_pages == 0:
+            assert time.monotonic() < deadline, "the scheduler never stored into the new kvstore"
+            run_all(server.stub, cases[:16], num_threads=4)   # stores into the kvstore once attached
+        assert run_all(server.stub, cases[:16], num_threads=4) == expected[:16]
+        stats = wait_idle(server.stub)
+        assert ram_tier(stats).num_hits > hits_down     # hits resumed, nothing else restarted
+        assert all(p.poll() is None for p in server.processes if p is not kvstore)
+
+
+def test_executor_killed_mid_run_under_strata_up(llama_dir, tmp_path):
+    model = load_hf_model(llama_dir)
+    cases = shared_prefix_cases(model.config.vocab_size, 32, seed=9)
+    expected = [hf_greedy(model, p, n) for p, n in cases]
+    args = ["--model", str(llama_dir), "--num-device-blocks", str(POOL_BLOCKS), "--block-size",
+            str(BLOCK), "--data-dir", str(tmp_path / "data"), "--kvstore-ram", "32MiB"]
+    with start_up(args) as server:
+        executor_pid = int(re.search(r"started executor \(pid (\d+)",
+                                     (server.run_dir / "up.log").read_text()).group(1))
+        with ThreadPoolExecutor(32) as pool:
+            futures = [pool.submit(generate_tokens, server.stub, *case) for case in cases]
+            while server.stub.GetStats(generation_pb2.GetStatsRequest()).num_finished_requests < 4:
+                time.sleep(0.02)
+            os.kill(executor_pid, signal.SIGKILL)
+            results = [future.result()[0] for future in futures]
+        stats = wait_idle(server.stub)
+    assert results == expected
+    assert stats.num_finished_requests == 32 and stats.is_integrity_ok
+
+
+def test_aborts_while_pages_load_or_store_leave_nothing_held(llama_dir):
+    model = load_hf_model(llama_dir)
+    cases = shared_prefix_cases(model.config.vocab_size, 64, seed=11)
+    rng = random.Random(3)
+    with start_daemons(llama_dir, num_device_blocks=POOL_BLOCKS, block_size=BLOCK,
+                       kvstore_args=KVSTORE, scheduler_args=ALWAYS_LOAD) as server:
+        run_all(server.stub, cases[:16], num_threads=4)      # the kvstore holds every family
+        for round_index in range(3):
+            streams = [server.stub.Generate(request_of(*case)) for case in cases]
+            for stream in rng.sample(streams, len(streams)):
+                time.sleep(rng.uniform(0, 0.01))
+                stream.cancel()
+        stats = wait_idle(server.stub)
+        kv = kvstore_stats(server)
+        # Still exact afterwards.
+        assert run_all(server.stub, cases[:4], num_threads=4) == [hf_greedy(model, p, n) for p, n in cases[:4]]
+    assert stats.num_loading == 0 and stats.is_integrity_ok
+    assert ram_tier(stats).num_hits > 0
+    assert kv.num_leases == 0
+
+
+def request_of(prompt, max_tokens):
+    return generation_pb2.GenerateRequest(
+        tokens=generation_pb2.TokenIds(ids=prompt), sampling=common_pb2.SamplingParams(temperature=0.0),
+        stopping=generation_pb2.StoppingCriteria(max_tokens=max_tokens, ignore_eos=True))
