@@ -28,7 +28,24 @@ TABLE_ROWS = [
     ("cached token fraction", lambda m: _number(m.get("cached_token_fraction"))),
     ("prefix-cache hit rate (stats)", lambda m: _number(m.get("prefix_cache_hit_rate"))),
     ("preemptions", lambda m: _number(m.get("num_preemptions"))),
+    *[(f"{tier} tier hit rate (pages)", (lambda tier: lambda m: _number(_tier(m, tier, "hit_rate")))(tier))
+      for tier in ("ram", "disk", "remote")],
+    ("kvstore MiB loaded / stored", lambda m: _mib_moved(m)),
 ]
+
+
+def _tier(metrics: dict, tier: str, key: str):
+    entry = next((t for t in metrics.get("tiers") or [] if t["tier"] == tier), None)
+    return None if entry is None else entry.get(key)
+
+
+def _mib_moved(metrics: dict) -> str:
+    tiers = metrics.get("tiers") or []
+    if not tiers:
+        return "-"
+    loaded = sum(t["bytes_loaded"] for t in tiers) / (1 << 20)
+    stored = sum(t["bytes_stored"] for t in tiers) / (1 << 20)
+    return f"{loaded:.1f} / {stored:.1f}"
 
 
 @dataclass(slots=True)

@@ -122,10 +122,12 @@ class Offloader:
         tiers = self.link.lookup(keys)
         num_load = self.policy.num_to_load(tiers) if tiers else 0
         if num_load == 0:
+            self.stats.num_lookup_pages += len(keys)
             return NOT_LOADED
         num_hits_unused = sum(self.pool.ref_counts[b] == 0 for b in hit_block_ids)
         if not self.pool.can_allocate(num_load + num_hits_unused):
-            return Admission(False, True)
+            return Admission(False, True)   # asked again next step: not counted yet
+        self.stats.num_lookup_pages += len(keys)
         started = time.perf_counter()
         lease = self.link.prepare_load(keys[:num_load])
         if lease is None or not lease.slots:

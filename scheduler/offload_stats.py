@@ -17,6 +17,7 @@ class OffloadStats:
     def __init__(self, page_bytes: int):
         self.page_bytes = page_bytes
         self.num_hits = {tier: 0 for tier in TIER_NAMES}     # pages loaded, by source tier
+        self.num_lookup_pages = 0    # full blocks past the device hit asked of the kvstore
         self.num_failed_loads = 0
         self.num_stored = 0
         self.load_seconds: deque[float] = deque(maxlen=LATENCY_WINDOW)
@@ -34,8 +35,9 @@ class OffloadStats:
         self.store_seconds.append(seconds)
 
     def tier_stats(self, kvstore: pb.StatsResponse | None) -> list[generation_pb2.TierStats]:
-        """One entry per tier: the scheduler's loads by source tier, the kvstore's occupancy and
-        misses; bytes stored and latencies are counted on the RAM entry (stores land in RAM)."""
+        """One entry per tier: pages loaded from it (hits), pages looked up that it did not supply
+        (misses: absent, from another tier, or recomputed by choice), the kvstore's occupancy;
+        bytes stored and latencies are counted on the RAM entry (stores land in RAM)."""
         held = {t.tier: t for t in kvstore.tiers} if kvstore is not None else {}
         tiers = [pb.TIER_RAM] + [t for t in (pb.TIER_DISK, pb.TIER_REMOTE) if t in held]
         out = []
@@ -43,9 +45,9 @@ class OffloadStats:
             entry = generation_pb2.TierStats(
                 tier=TIER_NAMES[tier], num_hits=self.num_hits[tier],
                 bytes_loaded=self.num_hits[tier] * self.page_bytes)
+            entry.num_misses = max(0, self.num_lookup_pages - self.num_hits[tier])
             if tier in held:
                 entry.num_pages, entry.num_bytes = held[tier].num_pages, held[tier].num_bytes
-                entry.num_misses = held[tier].num_misses
             if tier == pb.TIER_RAM:
                 entry.bytes_stored = self.num_stored * self.page_bytes
                 entry.load_latency_ms_p50 = _p50_ms(self.load_seconds)
