@@ -1,9 +1,45 @@
 """The RAM tier: one arena per page size, all under one byte budget."""
+import logging
 import os
+import re
 import secrets
 
 from kvstore.arena import Arena, align_up
 from kvstore.errors import InvalidArgument
+
+log = logging.getLogger("strata.kvstore")
+ARENA_NAME = re.compile(r"strata-kv-(\d+)-[0-9a-f]+-\d+")
+
+
+def remove_stale_arenas(shm_dir: str) -> int:
+    """Unlink arena files left by kvstores that died without closing (kill -9): their memory
+    stays allocated in tmpfs until the file is gone. A file is stale when its pid is not alive,
+    or is this process's own pid (a previous life of a restarted container)."""
+    num_removed = 0
+    for name in os.listdir(shm_dir) if os.path.isdir(shm_dir) else ():
+        match = ARENA_NAME.fullmatch(name)
+        if match is None or _is_other_live_process(int(match.group(1))):
+            continue
+        try:
+            os.unlink(os.path.join(shm_dir, name))
+            num_removed += 1
+        except OSError:
+            continue
+    if num_removed:
+        log.info("removed %d stale arena file(s) of dead kvstores from %s", num_removed, shm_dir)
+    return num_removed
+
+
+def _is_other_live_process(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, another user's
+        return True
+    return True
 
 
 class RamTier:
@@ -20,6 +56,7 @@ class RamTier:
         self.num_used_bytes = 0
         self.num_prefaulted_bytes = 0
         self.tag = f"strata-kv-{os.getpid()}-{secrets.token_hex(4)}"
+        remove_stale_arenas(shm_dir)
 
     def arena_id(self, page_bytes: int) -> str:
         """Unique per kvstore process: a client that sees a new id knows the store restarted

@@ -50,7 +50,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "reuse from RAM/NVMe; absent: device prefix cache only")
     parser.add_argument("--kvstore-token", default=os.environ.get("STRATA_KVSTORE_TOKEN"),
                         help="bearer token of the kvstore (env STRATA_KVSTORE_TOKEN)")
-    parser.add_argument("--max-store-pages-per-step", type=int, default=64,
+    parser.add_argument("--max-store-pages-per-step", type=int, default=256,
                         help="store bandwidth budget: pages written through to the kvstore per step")
     parser.add_argument("--load-policy", choices=["cost", "always"], default="cost",
                         help="cost: load kvstore pages when the measured load time beats the "

@@ -40,7 +40,7 @@ WAIT_FOR_MOVES_SECONDS = 0.05
 
 @dataclass(slots=True)
 class OffloadConfig:
-    max_store_pages_per_step: int = 64
+    max_store_pages_per_step: int = 256
     max_store_queue: int = 8192
     num_prefetch_requests: int = 8
     is_always_load: bool = False     # load every kvstore hit, whatever the cost model says

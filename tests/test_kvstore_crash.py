@@ -71,7 +71,10 @@ def test_kill_9_mid_stream_then_restart_serves_every_completed_page(dirs):
         writer.join(30)
         client.close()
         assert len(completed) >= 200
+        stale = os.listdir(shm)
+        assert len(stale) == 1 and str(daemon.pid) in stale[0]   # the dead kvstore's arena
         daemon, client = start(shm, disk)
+        assert os.listdir(shm) == []      # removed at start: tmpfs memory is given back
         assert rebuilt(daemon)[0] >= len(completed)
         layout = client.register("crash", PAGE)  # RAM is 64 pages: loads promote from disk
         arena = map_arena(layout)
