@@ -56,6 +56,8 @@ class ServerProcess:
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         log_dir = log_dir or tempfile.mkdtemp(prefix="strata-bench-")
+        if "--data-dir" not in self.server_args:   # a fresh disk tier: no pages of earlier runs
+            self.server_args += ["--data-dir", str(Path(log_dir) / f"data-{self.port}")]
         self.log_path = Path(log_dir) / f"server-{self.port}.log"
         self.process: subprocess.Popen | None = None
         self.startup_s: float | None = None

@@ -47,6 +47,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--max-num-batched-tokens", type=int)
     parser.add_argument("--max-num-seqs", type=int)
     parser.add_argument("--max-waiting", type=int, default=1024)
+    parser.add_argument("--num-threads", type=int, help="executor torch threads (default: CPU cores - 1)")
     tiers = parser.add_argument_group("kvstore (offloading and prefix reuse from RAM and disk)")
     tiers.add_argument("--no-kvstore", action="store_true",
                        help="no kvstore: device prefix cache only, preemption by recompute")
@@ -80,7 +81,7 @@ def child_specs(args: argparse.Namespace, run_dir: Path) -> list[ChildSpec]:
     # The scheduler takes its step limits from the executor's Describe: caps go there only.
     optional = {"--model": args.model, "--num-device-blocks": args.num_device_blocks,
                 "--max-num-batched-tokens": args.max_num_batched_tokens,
-                "--max-num-seqs": args.max_num_seqs}
+                "--max-num-seqs": args.max_num_seqs, "--num-threads": args.num_threads}
     for flag, value in optional.items():
         if value is not None:
             executor.extend([flag, str(value)])
