@@ -91,6 +91,7 @@ class Offloader:
         self.loading: dict[str, Loading] = {}
         self.in_flight: dict[int, tuple[Loading | Storing, int]] = {}   # move id -> (owner, index)
         self.pending_loads: list[executor_pb2.PageMove] = []
+        self.pending_stores: list[executor_pb2.PageMove] = []
         self.store_queue: deque[tuple[int, bytes]] = deque()
         self.queued_keys: set[bytes] = set()
         self.stored_keys: OrderedDict[bytes, None] = OrderedDict()
@@ -102,14 +103,18 @@ class Offloader:
 
     @property
     def has_in_flight(self) -> bool:
-        return bool(self.in_flight or self.pending_loads)
+        return bool(self.in_flight)
 
-    def attach(self) -> None:
-        """Engine thread, each step: map a newly registered arena on the executor."""
+    def begin_step(self) -> None:
+        """Engine thread, first thing in each plan: map a newly registered arena on the executor,
+        then claim the queued stores (held from now on) before this step's allocations could
+        evict their blocks."""
         layout = self.link.take_registered()
         if layout is not None and self.map_arena(layout):
             self.stored_keys.clear()   # maybe a new kvstore: what the old one held is gone
             self.link.set_up(layout)
+        if self.store_queue:
+            self._issue_stores()
 
     # ---- admission -----------------------------------------------------------------------
     def admit(self, request: Request, hit_block_ids: list[int], num_full_blocks: int) -> Admission:
@@ -183,13 +188,15 @@ class Offloader:
         num_full = request.num_cached_blocks
         self.queue_stores(request.block_ids[:num_full], request.block_keys[:num_full], is_urgent=True)
 
-    def _issue_stores(self, plan: executor_pb2.StepPlan) -> None:
+    def _issue_stores(self) -> None:
         batch = []
         while self.store_queue and len(batch) < self.config.max_store_pages_per_step:
             block_id, key = self.store_queue.popleft()
             self.queued_keys.discard(key)
-            if self.pool.block_keys[block_id] == key:   # else evicted before its turn: dropped
+            if self.pool.block_keys[block_id] == key:
                 batch.append((block_id, key))
+            else:   # evicted before its turn: it will be recomputed if needed again
+                self.stats.num_store_dropped += 1
         if not batch or not self.link.is_up:
             return
         lease = self.link.prepare_store([key for _, key in batch])
@@ -205,7 +212,7 @@ class Offloader:
         entry = Storing(lease.lease_id, block_ids, [batch[i][1] for i in lease.key_indexes],
                         len(block_ids), time.perf_counter())
         for index, (block_id, slot) in enumerate(zip(block_ids, lease.slots)):
-            plan.stores.append(self._move(entry, index, block_id, slot))
+            self.pending_stores.append(self._move(entry, index, block_id, slot))
 
     def _remember(self, keys: list[bytes]) -> None:
         for key in keys:
@@ -216,9 +223,8 @@ class Offloader:
     # ---- plan and result -----------------------------------------------------------------
     def fill_plan(self, plan: executor_pb2.StepPlan) -> None:
         plan.loads.extend(self.pending_loads)
-        self.pending_loads = []
-        if self.store_queue:
-            self._issue_stores(plan)
+        plan.stores.extend(self.pending_stores)
+        self.pending_loads, self.pending_stores = [], []
         if self.in_flight:
             plan.wait_for_moves_s = WAIT_FOR_MOVES_SECONDS
 
@@ -289,7 +295,7 @@ class Offloader:
                 entry.request.block_ids = []
                 requeue.append(entry.request)
         self.in_flight.clear()
-        self.pending_loads = []
+        self.pending_loads, self.pending_stores = [], []
         return requeue
 
     def close(self) -> None:
@@ -301,7 +307,7 @@ class Offloader:
 
     def integrity_problem(self) -> str | None:
         """Offload-side invariants; None when they hold."""
-        if self.in_flight or self.loading or self.pending_loads:
+        if self.in_flight or self.loading:
             return f"{len(self.in_flight)} moves in flight, {len(self.loading)} loading"
         return None
 

@@ -20,6 +20,7 @@ class OffloadStats:
         self.num_lookup_pages = 0    # full blocks past the device hit asked of the kvstore
         self.num_failed_loads = 0
         self.num_stored = 0
+        self.num_store_dropped = 0   # queued blocks evicted before their store was issued
         self.load_seconds: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.store_seconds: deque[float] = deque(maxlen=LATENCY_WINDOW)
 

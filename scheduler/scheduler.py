@@ -115,7 +115,7 @@ class Scheduler:
             self.is_running_sorted = True
         offloader = self.offloader
         if offloader is not None:
-            offloader.attach()
+            offloader.begin_step()
         scheduled: list[ScheduledRequest] = []
         budget = self._schedule_running(scheduled, self.config.max_num_batched_tokens)
         if not self.is_preempted_this_step:
