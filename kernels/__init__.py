@@ -1,13 +1,15 @@
 """Strata kernels: paged KV write and paged attention, a Triton body for CUDA and a torch twin.
 
 CUDA tensors go to the Triton bodies, everything else to the torch twins (the CPU production
-path). Both implementations are exported so tests can compare them; under TRITON_INTERPRET=1
+path), whose fp32 decode attention uses the compiled C++ kernel of cpu_native.py when it builds. Both implementations are exported so tests can compare them; under TRITON_INTERPRET=1
 the Triton bodies also accept CPU tensors.
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
+from kernels.cpu_native import native_decode
 from kernels.twin import paged_attention_torch, write_kv_torch
 
 __all__ = [
@@ -50,7 +52,9 @@ def paged_attention(
     """
     if query.is_cuda:
         return paged_attention_triton(query, layer_cache, block_tables, seq_lens, query_start_loc, scale)
-    return paged_attention_torch(query, layer_cache, block_tables, seq_lens, query_start_loc, scale)
+    native = native_decode() if layer_cache.dtype == torch.float32 else None
+    return paged_attention_torch(query, layer_cache, block_tables, seq_lens, query_start_loc, scale,
+                                 native)
 
 
 def write_kv_triton(layer_cache: Tensor, key: Tensor, value: Tensor, slot_mapping: Tensor) -> None:

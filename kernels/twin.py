@@ -49,8 +49,10 @@ def write_kv_torch(layer_cache: Tensor, key: Tensor, value: Tensor, slot_mapping
 
 def paged_attention_torch(
     query: Tensor, layer_cache: Tensor, block_tables: Tensor, seq_lens: Tensor,
-    query_start_loc: Tensor, scale: float,
+    query_start_loc: Tensor, scale: float, native_decode=None,
 ) -> Tensor:
+    """native_decode: the compiled CPU decode kernel (kernels/cpu_native.py) for the one-query
+    sequences; None keeps everything in torch (the oracle)."""
     check_paged_attention(query, layer_cache, block_tables, seq_lens, query_start_loc)
     out = torch.empty(query.shape, dtype=torch.float32, device=query.device)
     context_lens = seq_lens.tolist()
@@ -63,6 +65,12 @@ def paged_attention_torch(
             decode_seqs.append(seq)
         elif end > start:
             out[start:end] = _attend_chunk(query[start:end], layer_cache, block_tables[seq], context_len, scale)
+    if native_decode is not None and decode_seqs:
+        rows = torch.tensor([starts[seq] for seq in decode_seqs], device=query.device)
+        index = torch.tensor(decode_seqs, device=query.device)
+        out[rows] = native_decode(query[rows].float().contiguous(), layer_cache,
+                                  block_tables[index].int(), seq_lens[index].int(), scale)
+        decode_seqs = []
     for bucket in _decode_buckets(decode_seqs, context_lens, MAX_DECODE_TOKENS):
         rows = torch.tensor([starts[seq] for seq in bucket], device=query.device)
         lens = [context_lens[seq] for seq in bucket]

@@ -1,0 +1,71 @@
+"""The CPU decode-attention kernel in C++ (csrc/paged_decode_cpu.cpp), built on first use.
+
+Decode attention is memory-bound on a CPU; the torch twin gathers every sequence's K/V into a
+padded contiguous buffer and then attends (three passes over the bytes). The native kernel
+reads K and V once, in place. It is compiled with torch's cpp_extension (needs a C++ compiler
+and ninja) once per source and CPU (see _build_dir); when that is impossible
+the twin stays the path (a warning says why). STRATA_NATIVE_KERNELS=0 turns it off.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "csrc" / "paged_decode_cpu.cpp"
+_function = None
+_is_tried = False
+_lock = threading.Lock()
+
+
+def _build_name() -> str:
+    """Source and CPU flags in the name: -march=native code must not run on another CPU."""
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags"))
+        digest.update(flags.encode())
+    except (OSError, StopIteration):
+        pass
+    return f"strata_paged_decode_{digest.hexdigest()[:12]}"
+
+
+def _build_dir() -> Path:
+    """$STRATA_EXTENSIONS_DIR, else ~/.cache/strata/torch_extensions: shared by every daemon and
+    test of this user, so the build happens once per machine."""
+    path = Path(os.environ.get("STRATA_EXTENSIONS_DIR")
+                or Path.home() / ".cache" / "strata" / "torch_extensions")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def native_decode():
+    """The compiled `paged_decode` function, or None when it cannot be built here."""
+    global _function, _is_tried
+    if _is_tried:
+        return _function
+    with _lock:
+        if _is_tried:
+            return _function
+        if os.environ.get("STRATA_NATIVE_KERNELS", "1") == "0":
+            _is_tried = True
+            return None
+        try:
+            from torch.utils.cpp_extension import load
+
+            name = _build_name()
+            build_dir = _build_dir() / name
+            build_dir.mkdir(exist_ok=True)
+            log.info("loading the native CPU decode kernel (the first build takes about a minute)")
+            module = load(name=name, sources=[str(SOURCE)], build_directory=str(build_dir),
+                           extra_cflags=["-O3", "-march=native", "-fopenmp-simd", "-ffast-math"],
+                           verbose=False)
+            _function = module.paged_decode
+        except Exception as error:  # noqa: BLE001 - the torch twin remains a correct path
+            log.warning("native CPU decode kernel unavailable (%s); using the torch twin", error)
+            _function = None
+        _is_tried = True
+    return _function
