@@ -27,6 +27,8 @@ DOWN_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EX
                         grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
                         grpc.StatusCode.UNAUTHENTICATED})
 RETRY_SECONDS = 1.0
+# Reconnect within a couple of seconds of a restarted kvstore (gRPC's default backoff grows to 2 min).
+CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
 class Layout(NamedTuple):
@@ -46,7 +48,7 @@ class KVStoreLink:
     def __init__(self, address: str, namespace: str, page_bytes: int, token: str | None = None,
                  timeout_s: float = 5.0):
         self.address, self.namespace, self.page_bytes = address, namespace, page_bytes
-        self.channel = grpc.insecure_channel(address)
+        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.stub = kvstore_pb2_grpc.KVStoreStub(self.channel)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout_s = timeout_s
