@@ -135,6 +135,18 @@ class PageMover:
             self.done, self.failed = [], []
         return collected
 
+    def wait_for(self, move_ids: list[int]) -> None:
+        """Block until these moves finished; RuntimeError (the step fails) if one failed."""
+        wanted = set(move_ids)
+        if self.is_cuda:
+            self.stream.synchronize()
+            self._poll_cuda()
+        with self.finished:
+            self.finished.wait_for(lambda: not (wanted & self.in_flight))
+            failed = wanted.intersection(self.failed)
+        if failed:
+            raise RuntimeError(f"blocking page loads {sorted(failed)} failed: the step is not run")
+
     def drain(self) -> int:
         """Wait for every move in flight, then forget their reports (Reset)."""
         with self.finished:

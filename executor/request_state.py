@@ -124,7 +124,8 @@ def _check_totals(plan, scheduled: list[ScheduledRequest], limits: Limits) -> No
 def _check_moves(plan, limits: Limits, arena_slots: dict[str, int]) -> None:
     """arena_slots: mapped arena id -> its number of slots."""
     move_ids = set()
-    for kind, moves in (("loads", plan.loads), ("stores", plan.stores)):
+    for kind, moves in (("loads", plan.loads), ("stores", plan.stores),
+                        ("blocking_loads", plan.blocking_loads)):
         for move in moves:
             num_slots = arena_slots.get(move.arena_id)
             if num_slots is None:

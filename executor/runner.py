@@ -43,12 +43,15 @@ class Runner:
     def step(self, plan: executor_pb2.StepPlan) -> StepOutput:
         """Apply one plan. PlanError (nothing changed) if it is malformed."""
         scheduled = check_plan(plan, self.requests, self.limits, self.mover.arena_slots)
-        reason = self.mover.check_ids([m.move_id for m in (*plan.loads, *plan.stores)])
+        reason = self.mover.check_ids([m.move_id for m in (*plan.loads, *plan.stores, *plan.blocking_loads)])
         if reason is not None:
             raise PlanError(reason)
         for request_id in plan.finished_request_ids:
             self.requests.pop(request_id, None)
         work = self._admit(scheduled)
+        if plan.blocking_loads:
+            self.mover.submit(plan.blocking_loads, ())
+            self.mover.wait_for([m.move_id for m in plan.blocking_loads])
         self.mover.submit(plan.loads, plan.stores)
         start = time.perf_counter()
         logits, states = self._forward(work)

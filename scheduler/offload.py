@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 from protos.v1 import executor_pb2
+from protos.v1 import kvstore_pb2 as pb
 from scheduler.block_hash import extend_keys
 from scheduler.block_pool import BlockPool
 from scheduler.kv_link import KVStoreLink, Layout
@@ -43,6 +44,9 @@ class OffloadConfig:
     max_store_pages_per_step: int = 256
     max_store_queue: int = 8192
     num_prefetch_requests: int = 8
+    # RAM pages are copied before the forward of the step that admits the request (a page copy
+    # takes microseconds, a step up to seconds); NVMe/remote pages go through LOADING.
+    is_ram_load_blocking: bool = True
     is_always_load: bool = False     # load every kvstore hit, whatever the cost model says
 
 
@@ -57,6 +61,7 @@ class Loading:
     started: float
     first_failed: int | None = None
     is_aborted: bool = False
+    is_blocking: bool = False   # copied before the forward; the request is already running
     held_block_ids: list[int] = field(default_factory=list)   # an aborted request's whole table
 
 
@@ -73,6 +78,7 @@ class Storing:
 class Admission(NamedTuple):
     is_loading: bool       # the request now waits in LOADING
     is_blocked: bool       # too few free blocks: stop admitting this step
+    loaded_block_ids: list[int] = []   # blocking loads: in the table after the hits; run now
 
 
 NOT_LOADED = Admission(False, False)
@@ -92,6 +98,7 @@ class Offloader:
         self.in_flight: dict[int, tuple[Loading | Storing, int]] = {}   # move id -> (owner, index)
         self.pending_loads: list[executor_pb2.PageMove] = []
         self.pending_stores: list[executor_pb2.PageMove] = []
+        self.pending_blocking_loads: list[executor_pb2.PageMove] = []
         self.store_queue: deque[tuple[int, bytes]] = deque()
         self.queued_keys: set[bytes] = set()
         self.stored_keys: OrderedDict[bytes, None] = OrderedDict()
@@ -117,9 +124,13 @@ class Offloader:
             self._issue_stores()
 
     # ---- admission -----------------------------------------------------------------------
-    def admit(self, request: Request, hit_block_ids: list[int], num_full_blocks: int) -> Admission:
+    def admit(self, request: Request, hit_block_ids: list[int], num_full_blocks: int,
+              budget: int) -> Admission:
         """After a device prefix hit of hit_block_ids: load the next full blocks if the kvstore
-        holds them and loading beats recomputing. Takes the hit blocks on LOADING."""
+        holds them and loading beats recomputing. RAM pages land before this step's forward
+        (blocking loads: the request runs in this very step, with hit + loaded blocks in its
+        table and the room for its first chunk checked); pages that must be promoted from NVMe
+        or a backing host first make the request wait in LOADING instead."""
         num_hits = len(hit_block_ids)
         if num_hits >= num_full_blocks or not self.link.is_up:
             return NOT_LOADED
@@ -129,8 +140,11 @@ class Offloader:
         if num_load == 0:
             self.stats.num_lookup_pages += len(keys)
             return NOT_LOADED
+        num_loaded_tokens = (num_hits + num_load) * self.block_size
+        num_chunk = min(request.num_tokens - num_loaded_tokens, budget)
+        num_chunk_blocks = -(-(num_loaded_tokens + num_chunk) // self.block_size) - num_hits - num_load
         num_hits_unused = sum(self.pool.ref_counts[b] == 0 for b in hit_block_ids)
-        if not self.pool.can_allocate(num_load + num_hits_unused):
+        if not self.pool.can_allocate(num_load + num_chunk_blocks + num_hits_unused):
             return Admission(False, True)   # asked again next step: not counted yet
         self.stats.num_lookup_pages += len(keys)
         started = time.perf_counter()
@@ -139,18 +153,24 @@ class Offloader:
             if lease is not None:
                 self.link.complete_load(lease.lease_id)
             return NOT_LOADED
-        self.policy.observe_prepare(max(tiers[:len(lease.slots)]), len(lease.slots),
-                                    time.perf_counter() - started)
+        tiers = tiers[:len(lease.slots)]
+        self.policy.observe_prepare(max(tiers), len(tiers), time.perf_counter() - started)
+        is_blocking = self.config.is_ram_load_blocking and all(t == pb.TIER_RAM for t in tiers)
         self.pool.acquire(hit_block_ids)
-        block_ids = self.pool.allocate(len(lease.slots))
+        block_ids = self.pool.allocate(len(tiers))
         request.block_ids = hit_block_ids + block_ids
-        request.status = RequestStatus.LOADING
-        entry = Loading(request, lease.lease_id, num_hits, block_ids, tiers[:len(block_ids)],
-                        len(block_ids), started)
-        self.loading[request.request_id] = entry
+        entry = Loading(request, lease.lease_id, num_hits, block_ids, tiers, len(block_ids), started,
+                        is_blocking=is_blocking)
+        if is_blocking:
+            self.pool.acquire(block_ids)   # held until the copies are reported, even on abort
+            moves = self.pending_blocking_loads
+        else:
+            request.status = RequestStatus.LOADING
+            self.loading[request.request_id] = entry
+            moves = self.pending_loads
         for index, (block_id, slot) in enumerate(zip(block_ids, lease.slots)):
-            self.pending_loads.append(self._move(entry, index, block_id, slot))
-        return Admission(True, False)
+            moves.append(self._move(entry, index, block_id, slot))
+        return Admission(not is_blocking, False, block_ids if is_blocking else [])
 
     def _move(self, owner: Loading | Storing, index: int, block_id: int, slot: int):
         move_id, self.next_move_id = self.next_move_id, self.next_move_id + 1
@@ -224,7 +244,8 @@ class Offloader:
     def fill_plan(self, plan: executor_pb2.StepPlan) -> None:
         plan.loads.extend(self.pending_loads)
         plan.stores.extend(self.pending_stores)
-        self.pending_loads, self.pending_stores = [], []
+        plan.blocking_loads.extend(self.pending_blocking_loads)
+        self.pending_loads, self.pending_stores, self.pending_blocking_loads = [], [], []
         if self.in_flight:
             plan.wait_for_moves_s = WAIT_FOR_MOVES_SECONDS
 
@@ -250,8 +271,11 @@ class Offloader:
         return ready
 
     def _finish_load(self, entry: Loading, ready: list) -> None:
-        del self.loading[entry.request.request_id]
         self.link.complete_load(entry.lease_id)
+        if entry.is_blocking:
+            self._finish_blocking_load(entry)
+            return
+        del self.loading[entry.request.request_id]
         if entry.is_aborted:
             self.pool.release(reversed(entry.held_block_ids))
             return
@@ -262,6 +286,14 @@ class Offloader:
         self.stats.on_load(entry.tiers[:num_ok], len(entry.block_ids) - num_ok,
                            time.perf_counter() - entry.started)
         ready.append((request, (entry.first_index + num_ok) * self.block_size))
+
+    def _finish_blocking_load(self, entry: Loading) -> None:
+        """The request ran on these blocks in the step that loaded them; publish and let go."""
+        keys = entry.request.block_keys
+        for index, block_id in enumerate(entry.block_ids):
+            self.pool.cache_block(block_id, keys[entry.first_index + index])
+        self.pool.release(reversed(entry.block_ids))
+        self.stats.on_load(entry.tiers, 0, time.perf_counter() - entry.started)
 
     def _finish_store(self, entry: Storing) -> None:
         is_published = self.link.complete_store(entry.lease_id, not entry.is_failed)
@@ -286,6 +318,9 @@ class Offloader:
             if isinstance(owner, Storing):
                 owner.is_failed = True
                 self._finish_store(owner)
+            elif owner.is_blocking:   # its request is preempted by the caller
+                self.link.complete_load(owner.lease_id)
+                self.pool.release(reversed(owner.block_ids))
         for entry in list(self.loading.values()):
             del self.loading[entry.request.request_id]
             self.link.complete_load(entry.lease_id)
@@ -295,7 +330,7 @@ class Offloader:
                 entry.request.block_ids = []
                 requeue.append(entry.request)
         self.in_flight.clear()
-        self.pending_loads, self.pending_stores = [], []
+        self.pending_loads, self.pending_stores, self.pending_blocking_loads = [], [], []
         return requeue
 
     def close(self) -> None:

@@ -174,12 +174,17 @@ class Scheduler:
                 continue
             hit_block_ids, num_full_blocks = self._match_prefix(request)
             if self.offloader is not None:
-                admission = self.offloader.admit(request, hit_block_ids, num_full_blocks)
+                admission = self.offloader.admit(request, hit_block_ids, num_full_blocks, budget)
                 if admission.is_blocked:
                     break
                 if admission.is_loading:   # starts running once its pages are in
                     heapq.heappop(self.waiting)
                     self.num_waiting -= 1
+                    continue
+                if admission.loaded_block_ids:   # its pages land before this step's forward
+                    heapq.heappop(self.waiting)
+                    self.num_waiting -= 1
+                    budget -= self._run_after_load(request, scheduled, budget)
                     continue
             num_computed = len(hit_block_ids) * config.block_size
             num_tokens = min(request.num_tokens - num_computed, budget)
@@ -194,6 +199,17 @@ class Scheduler:
             self._start_running(request, num_computed)
             scheduled.append(ScheduledRequest(request, num_tokens))
             budget -= num_tokens
+
+    def _run_after_load(self, request: Request, scheduled: list[ScheduledRequest], budget: int) -> int:
+        """Admit a request whose table holds its device hits and blocking-loaded blocks (the
+        offloader checked the room for its first chunk); returns the tokens scheduled."""
+        num_computed = len(request.block_ids) * self.config.block_size
+        num_tokens = min(request.num_tokens - num_computed, budget)
+        num_needed = -(-(num_computed + num_tokens) // self.config.block_size) - len(request.block_ids)
+        request.block_ids += self.pool.allocate(num_needed)
+        self._start_running(request, num_computed)
+        scheduled.append(ScheduledRequest(request, num_tokens))
+        return num_tokens
 
     def _match_prefix(self, request: Request) -> tuple[list[int], int]:
         """(device hit block ids, number of full blocks that could be reused)."""

@@ -96,14 +96,16 @@ def start_daemons(model_dir: Path, *, num_device_blocks: int = 512, block_size: 
                   executor_args: tuple[str, ...] = (), scheduler_args: tuple[str, ...] = (),
                   kvstore_args: tuple[str, ...] | None = None) -> Iterator[Server]:
     """The executor and the scheduler as two processes on a unix socket; with kvstore_args, a
-    kvstore too (its arena files in the run dir) and the scheduler offloads to it."""
+    kvstore too (its arena files in the run dir, "{run_dir}" in an argument is replaced by
+    that dir) and the scheduler offloads to it."""
     run_dir = Path(tempfile.mkdtemp(prefix="st"))
     socket_path = run_dir / "ex.sock"
     address = f"127.0.0.1:{free_port()}"
     processes, kvstore_argv = [], None
     if kvstore_args is not None:
         kvstore_socket = f"unix:{run_dir / 'kv.sock'}"
-        kvstore_argv = ["kvstore", "--listen", kvstore_socket, "--shm-dir", str(run_dir), *kvstore_args]
+        kvstore_argv = ["kvstore", "--listen", kvstore_socket, "--shm-dir", str(run_dir),
+                        *(arg.replace("{run_dir}", str(run_dir)) for arg in kvstore_args)]
         processes.append(spawn(kvstore_argv, run_dir / "kvstore.log"))
         scheduler_args = ("--kvstore", kvstore_socket, *scheduler_args)
     processes.append(spawn(["executor", "--listen", f"unix:{socket_path}", "--model", str(model_dir),

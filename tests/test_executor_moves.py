@@ -97,3 +97,17 @@ def test_bad_arena_mappings(runner, tmp_path):
     with pytest.raises(PlanError, match="fewer than slot_bytes x num_slots"):
         runner.mover.map_arena("ram0", small.path, align_up(runner.pool.page_bytes), 64)
     small.close()
+
+
+def test_blocking_loads_land_before_the_forward_of_the_same_step(runner, arena):
+    prompt = [7, 3, 9, 4, 11, 2, 8, 5, 6]
+    first = runner.step(make_plan(1, [new_request("a", prompt, [0, 1, 2])])).result.sampled[0]
+    runner.step(executor_pb2.StepPlan(step_id=2, stores=[move(1, 0, 0), move(2, 1, 1)],
+                                      finished_request_ids=["a"]))
+    finish_moves(runner, 3, {1, 2})
+    runner.pool.tensor[:3].zero_()
+    plan = make_plan(4, [new_request("b", prompt, [6, 9, 12], num_computed_tokens=8)])
+    plan.blocking_loads.extend([move(3, 6, 0), move(4, 9, 1)])
+    result = runner.step(plan).result
+    assert result.sampled[0].token_id == first.token_id
+    assert sorted(result.done_moves) == [3, 4]
