@@ -50,6 +50,9 @@ def set_thread_policy(num_threads: int | None) -> int:
     daemons made torch 5-70x slower here) and one thread fewer than the cores, leaving one
     for the scheduler and kvstore."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Transparent huge pages for torch's CPU allocations (the KV pool, weights): fewer TLB
+    # misses in the memory-bound decode attention (a few percent measured here).
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     if num_threads is None:
         num_threads = max(1, (os.cpu_count() or 2) - 1)
     os.environ.setdefault("OMP_NUM_THREADS", str(num_threads))
