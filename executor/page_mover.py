@@ -197,17 +197,12 @@ class PageMover:
                 self.cuda_pending.append((move.move_id, event))
 
     def _poll_cuda(self) -> None:
+        """Move the moves whose events finished to done."""
         with self.finished:
-            self._poll_cuda_locked()
-
-    def _poll_cuda_locked(self) -> bool:
-        """Lock held. Move finished events to done; True when any did."""
-        num_before = len(self.done)
-        while self.cuda_pending and self.cuda_pending[0][1].query():
-            move_id, _ = self.cuda_pending.pop(0)   # one stream: events finish in order
-            self.in_flight.discard(move_id)
-            self.done.append(move_id)
-        return len(self.done) > num_before
+            while self.cuda_pending and self.cuda_pending[0][1].query():
+                move_id, _ = self.cuda_pending.pop(0)   # one stream: events finish in order
+                self.in_flight.discard(move_id)
+                self.done.append(move_id)
 
     def close(self) -> None:
         if not self.is_cuda:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
-import torch
 from torch import Tensor
 
 from executor.batch import build_batch

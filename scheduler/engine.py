@@ -117,8 +117,8 @@ class Engine:
 
     def _run_step(self) -> None:
         step = self.scheduler.plan()
-        plan = step.plan
-        if not step.scheduled and not (plan.loads or plan.stores or self.scheduler.has_moves_in_flight):
+        # A plan's page moves are in flight from the moment it is built.
+        if not step.scheduled and not self.scheduler.has_moves_in_flight:
             # Nothing fits this step; keep the finished ids for the next real plan.
             self.scheduler.finished_ids_to_send[:0] = step.plan.finished_request_ids
             self._drain_inbox(is_blocking=True)

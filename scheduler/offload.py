@@ -179,9 +179,9 @@ class Offloader:
                                      move_id=move_id)
 
     def prefetch(self, waiting: list[Request]) -> None:
-        """Warm RAM for the first queued requests (each once)."""
+        """Warm RAM for the first queued requests (each once); the caller checks the link is up."""
         for request in waiting[:self.config.num_prefetch_requests]:
-            if request.is_prefetched or not self.link.is_up:
+            if request.is_prefetched:
                 continue
             num_full = (request.num_tokens - 1) // self.block_size
             extend_keys(request.block_keys, request.namespace, request.token_ids, self.block_size,
@@ -213,10 +213,8 @@ class Offloader:
         while self.store_queue and len(batch) < self.config.max_store_pages_per_step:
             block_id, key = self.store_queue.popleft()
             self.queued_keys.discard(key)
-            if self.pool.block_keys[block_id] == key:
+            if self.pool.block_keys[block_id] == key:   # else evicted before its turn: dropped
                 batch.append((block_id, key))
-            else:   # evicted before its turn: it will be recomputed if needed again
-                self.stats.num_store_dropped += 1
         if not batch or not self.link.is_up:
             return
         lease = self.link.prepare_store([key for _, key in batch])
@@ -280,20 +278,20 @@ class Offloader:
             self.pool.release(reversed(entry.held_block_ids))
             return
         num_ok = len(entry.block_ids) if entry.first_failed is None else entry.first_failed
-        request = entry.request
-        for index in range(num_ok):
-            self.pool.cache_block(entry.block_ids[index], request.block_keys[entry.first_index + index])
-        self.stats.on_load(entry.tiers[:num_ok], len(entry.block_ids) - num_ok,
-                           time.perf_counter() - entry.started)
-        ready.append((request, (entry.first_index + num_ok) * self.block_size))
+        self._publish(entry, num_ok)
+        ready.append((entry.request, (entry.first_index + num_ok) * self.block_size))
 
     def _finish_blocking_load(self, entry: Loading) -> None:
         """The request ran on these blocks in the step that loaded them; publish and let go."""
-        keys = entry.request.block_keys
-        for index, block_id in enumerate(entry.block_ids):
-            self.pool.cache_block(block_id, keys[entry.first_index + index])
+        self._publish(entry, len(entry.block_ids))
         self.pool.release(reversed(entry.block_ids))
-        self.stats.on_load(entry.tiers, 0, time.perf_counter() - entry.started)
+
+    def _publish(self, entry: Loading, num_ok: int) -> None:
+        """Key the first num_ok loaded blocks in the prefix index (the rest failed)."""
+        keys = entry.request.block_keys[entry.first_index:]
+        for block_id, key in zip(entry.block_ids[:num_ok], keys):
+            self.pool.cache_block(block_id, key)
+        self.stats.on_load(entry.tiers[:num_ok], time.perf_counter() - entry.started)
 
     def _finish_store(self, entry: Storing) -> None:
         is_published = self.link.complete_store(entry.lease_id, not entry.is_failed)
@@ -339,10 +337,4 @@ class Offloader:
 
     def tier_stats(self) -> list:
         return self.stats.tier_stats(self.link.stats())
-
-    def integrity_problem(self) -> str | None:
-        """Offload-side invariants; None when they hold."""
-        if self.in_flight or self.loading:
-            return f"{len(self.in_flight)} moves in flight, {len(self.loading)} loading"
-        return None
 

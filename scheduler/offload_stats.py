@@ -18,17 +18,14 @@ class OffloadStats:
         self.page_bytes = page_bytes
         self.num_hits = {tier: 0 for tier in TIER_NAMES}     # pages loaded, by source tier
         self.num_lookup_pages = 0    # full blocks past the device hit asked of the kvstore
-        self.num_failed_loads = 0
         self.num_stored = 0
-        self.num_store_dropped = 0   # queued blocks evicted before their store was issued
         self.load_seconds: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.store_seconds: deque[float] = deque(maxlen=LATENCY_WINDOW)
 
-    def on_load(self, tiers: list[int], num_failed: int, seconds: float) -> None:
+    def on_load(self, tiers: list[int], seconds: float) -> None:
         for tier in tiers:
             if tier in self.num_hits:
                 self.num_hits[tier] += 1
-        self.num_failed_loads += num_failed
         self.load_seconds.append(seconds)
 
     def on_store(self, num_pages: int, seconds: float) -> None:

@@ -177,15 +177,12 @@ class Scheduler:
                 admission = self.offloader.admit(request, hit_block_ids, num_full_blocks, budget)
                 if admission.is_blocked:
                     break
-                if admission.is_loading:   # starts running once its pages are in
+                if admission.is_loading or admission.loaded_block_ids:
                     heapq.heappop(self.waiting)
                     self.num_waiting -= 1
-                    continue
-                if admission.loaded_block_ids:   # its pages land before this step's forward
-                    heapq.heappop(self.waiting)
-                    self.num_waiting -= 1
-                    budget -= self._run_after_load(request, scheduled, budget)
-                    continue
+                    if admission.loaded_block_ids:   # its pages land before this step's forward
+                        budget -= self._run_admitted(request, scheduled, budget)
+                    continue   # LOADING: starts running once its pages are in
             num_computed = len(hit_block_ids) * config.block_size
             num_tokens = min(request.num_tokens - num_computed, budget)
             num_needed = -(-(num_computed + num_tokens) // config.block_size) - len(hit_block_ids)
@@ -195,14 +192,13 @@ class Scheduler:
             heapq.heappop(self.waiting)
             self.num_waiting -= 1
             self.pool.acquire(hit_block_ids)
-            request.block_ids = hit_block_ids + self.pool.allocate(num_needed)
-            self._start_running(request, num_computed)
-            scheduled.append(ScheduledRequest(request, num_tokens))
-            budget -= num_tokens
+            request.block_ids = hit_block_ids
+            budget -= self._run_admitted(request, scheduled, budget)
 
-    def _run_after_load(self, request: Request, scheduled: list[ScheduledRequest], budget: int) -> int:
-        """Admit a request whose table holds its device hits and blocking-loaded blocks (the
-        offloader checked the room for its first chunk); returns the tokens scheduled."""
+    def _run_admitted(self, request: Request, scheduled: list[ScheduledRequest], budget: int) -> int:
+        """Start a request whose table holds exactly its computed prefix (device hits, and
+        blocking-loaded blocks); the room for its first chunk was checked. Returns the tokens
+        scheduled."""
         num_computed = len(request.block_ids) * self.config.block_size
         num_tokens = min(request.num_tokens - num_computed, budget)
         num_needed = -(-(num_computed + num_tokens) // self.config.block_size) - len(request.block_ids)

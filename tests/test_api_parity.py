@@ -27,12 +27,15 @@ def hf_greedy(model, prompt: list[int], max_tokens: int) -> list[int]:
     return out[0, len(prompt):].tolist()
 
 
-def generate_tokens(stub, prompt: list[int], max_tokens: int) -> tuple[list[int], int]:
-    request = generation_pb2.GenerateRequest(
+def greedy_request(prompt: list[int], max_tokens: int) -> generation_pb2.GenerateRequest:
+    return generation_pb2.GenerateRequest(
         tokens=generation_pb2.TokenIds(ids=prompt), sampling=common_pb2.SamplingParams(temperature=0.0),
         stopping=generation_pb2.StoppingCriteria(max_tokens=max_tokens, ignore_eos=True))
+
+
+def generate_tokens(stub, prompt: list[int], max_tokens: int) -> tuple[list[int], int]:
     tokens, reason = [], None
-    for response in stub.Generate(request, timeout=300):
+    for response in stub.Generate(greedy_request(prompt, max_tokens), timeout=300):
         tokens += response.token_ids
         reason = response.finish_reason
     return tokens, reason

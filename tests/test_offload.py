@@ -8,14 +8,13 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 import pytest
 
 from checkpoints import load_hf_model
 from kvstore.client import KVStoreClient
-from protos.v1 import common_pb2, generation_pb2
+from protos.v1 import generation_pb2
 from servers import start_daemons, start_up
-from test_api_parity import generate_tokens, hf_greedy
+from test_api_parity import generate_tokens, greedy_request, hf_greedy
 
 BLOCK = 4
 POOL_BLOCKS = 64
@@ -146,7 +145,7 @@ def test_aborts_while_pages_load_or_store_leave_nothing_held(llama_dir, tiers):
                        kvstore_args=TIERS[tiers], scheduler_args=ALWAYS_LOAD) as server:
         run_all(server.stub, cases[:16], num_threads=4)      # the kvstore holds every family
         for round_index in range(3):
-            streams = [server.stub.Generate(request_of(*case)) for case in cases]
+            streams = [server.stub.Generate(greedy_request(*case)) for case in cases]
             for stream in rng.sample(streams, len(streams)):
                 time.sleep(rng.uniform(0, 0.01))
                 stream.cancel()
@@ -157,9 +156,3 @@ def test_aborts_while_pages_load_or_store_leave_nothing_held(llama_dir, tiers):
     assert stats.num_loading == 0 and stats.is_integrity_ok
     assert sum(tier.num_hits for tier in stats.tiers) > 0
     assert kv.num_leases == 0
-
-
-def request_of(prompt, max_tokens):
-    return generation_pb2.GenerateRequest(
-        tokens=generation_pb2.TokenIds(ids=prompt), sampling=common_pb2.SamplingParams(temperature=0.0),
-        stopping=generation_pb2.StoppingCriteria(max_tokens=max_tokens, ignore_eos=True))
