@@ -1,5 +1,6 @@
 """The compiled CPU decode kernel equals the torch twin (the oracle) on decode-only and mixed
-batches, across block sizes, GQA groups and odd lengths."""
+batches, across block sizes, GQA groups, head sizes (64 and 128 are compiled specially) and odd
+lengths."""
 import pytest
 import torch
 
@@ -11,9 +12,9 @@ native = native_decode()
 pytestmark = pytest.mark.skipif(native is None, reason="no C++ compiler or ninja on this host")
 
 
-def make_batch(block_size, num_heads, num_kv_heads, q_lens, ctx_lens, seed=0):
+def make_batch(block_size, num_heads, num_kv_heads, q_lens, ctx_lens, seed=0, head_dim=32):
     generator = torch.Generator().manual_seed(seed)
-    head_dim, num_blocks = 32, 64
+    num_blocks = 64
     pool = torch.randn(num_blocks, 3, 2, block_size, num_kv_heads, head_dim, generator=generator)
     layer_cache = pool[:, 1]                                  # strided, as in the executor
     max_blocks = max(-(-c // block_size) for c in ctx_lens)
@@ -33,6 +34,15 @@ def test_native_decode_equals_twin(block_size, num_heads, num_kv_heads):
     expected = paged_attention_torch(*batch, scale=0.17)
     got = paged_attention_torch(*batch, scale=0.17, native_decode=native)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 80])
+def test_native_decode_equals_twin_per_head_size(head_dim):
+    ctx_lens = [1, 16, 17, 95, 300]
+    batch = make_batch(16, 12, 4, [1] * len(ctx_lens), ctx_lens, seed=5, head_dim=head_dim)
+    scale = head_dim ** -0.5
+    torch.testing.assert_close(paged_attention_torch(*batch, scale=scale, native_decode=native),
+                               paged_attention_torch(*batch, scale=scale), atol=1e-5, rtol=1e-5)
 
 
 def test_mixed_prefill_and_decode_batch_through_the_dispatcher():
