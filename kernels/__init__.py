@@ -9,12 +9,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels.cpu_native import native_decode
+from kernels.cpu_native import native_decode, native_ops
 from kernels.twin import paged_attention_torch, write_kv_torch
 
 __all__ = [
     "write_kv", "paged_attention", "write_kv_torch", "paged_attention_torch",
-    "write_kv_triton", "paged_attention_triton",
+    "write_kv_triton", "paged_attention_triton", "native_ops",
 ]
 
 

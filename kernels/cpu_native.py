@@ -1,10 +1,14 @@
-"""The CPU decode-attention kernel in C++ (csrc/paged_decode_cpu.cpp), built on first use.
+"""The native CPU kernels in C++ (csrc/), built on first use.
 
-Decode attention is memory-bound on a CPU; the torch twin gathers every sequence's K/V into a
-padded contiguous buffer and then attends (three passes over the bytes). The native kernel
-reads K and V once, in place. It is compiled with torch's cpp_extension (needs a C++ compiler
-and ninja) once per source and CPU (see _build_dir); when that is impossible
-the twin stays the path (a warning says why). STRATA_NATIVE_KERNELS=0 turns it off.
+- paged_decode (csrc/paged_decode_cpu.cpp): decode attention is memory-bound on a CPU; the
+  torch twin gathers every sequence's K/V into a padded contiguous buffer and then attends
+  (three passes over the bytes). The native kernel reads K and V once, in place.
+- rms_norm, add_rms_norm, silu_and_mul, rope_inplace (csrc/cpu_ops.cpp): fused elementwise
+  layers of the fp32 CPU forward (executor/models/transformer.py), one pass each.
+
+They are compiled with torch's cpp_extension (needs a C++ compiler and ninja) once per source
+and CPU (see _build_dir); when that is impossible the torch forms stay the path (a warning says
+why). STRATA_NATIVE_KERNELS=0 turns them off.
 """
 from __future__ import annotations
 
@@ -16,21 +20,24 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).parent / "csrc" / "paged_decode_cpu.cpp"
-_function = None
+SOURCES = [Path(__file__).parent / "csrc" / name
+           for name in ("module.cpp", "paged_decode_cpu.cpp", "cpu_ops.cpp")]
+_module = None
 _is_tried = False
 _lock = threading.Lock()
 
 
 def _build_name() -> str:
     """Source and CPU flags in the name: -march=native code must not run on another CPU."""
-    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest = hashlib.sha256()
+    for source in SOURCES:
+        digest.update(source.read_bytes())
     try:
         flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags"))
         digest.update(flags.encode())
     except (OSError, StopIteration):
         pass
-    return f"strata_paged_decode_{digest.hexdigest()[:12]}"
+    return f"strata_cpu_kernels_{digest.hexdigest()[:12]}"
 
 
 def _build_dir() -> Path:
@@ -44,12 +51,19 @@ def _build_dir() -> Path:
 
 def native_decode():
     """The compiled `paged_decode` function, or None when it cannot be built here."""
-    global _function, _is_tried
+    module = native_ops()
+    return None if module is None else module.paged_decode
+
+
+def native_ops():
+    """The compiled module (paged_decode and the fused CPU layers), or None when it cannot be
+    built here."""
+    global _module, _is_tried
     if _is_tried:
-        return _function
+        return _module
     with _lock:
         if _is_tried:
-            return _function
+            return _module
         if os.environ.get("STRATA_NATIVE_KERNELS", "1") == "0":
             _is_tried = True
             return None
@@ -59,13 +73,13 @@ def native_decode():
             name = _build_name()
             build_dir = _build_dir() / name
             build_dir.mkdir(exist_ok=True)
-            log.info("loading the native CPU decode kernel (the first build takes about a minute)")
-            module = load(name=name, sources=[str(SOURCE)], build_directory=str(build_dir),
+            log.info("loading the native CPU kernels (the first build takes about a minute)")
+            _module = load(name=name, sources=[str(source) for source in SOURCES],
+                           build_directory=str(build_dir),
                            extra_cflags=["-O3", "-march=native", "-fopenmp-simd", "-ffast-math"],
                            verbose=False)
-            _function = module.paged_decode
-        except Exception as error:  # noqa: BLE001 - the torch twin remains a correct path
-            log.warning("native CPU decode kernel unavailable (%s); using the torch twin", error)
-            _function = None
+        except Exception as error:  # noqa: BLE001 - the torch forms remain a correct path
+            log.warning("native CPU kernels unavailable (%s); using the torch forms", error)
+            _module = None
         _is_tried = True
-    return _function
+    return _module

@@ -1,11 +1,14 @@
-"""The compiled CPU decode kernel equals the torch twin (the oracle) on decode-only and mixed
-batches, across block sizes, GQA groups, head sizes (64 and 128 are compiled specially) and odd
-lengths."""
+"""The compiled CPU kernels equal their torch forms: decode attention equals the torch twin (the
+oracle) on decode-only and mixed batches, across block sizes, GQA groups, head sizes (64 and 128
+are compiled specially) and odd lengths; the fused RMSNorm, SiLU-and-mul and RoPE equal the
+model's torch forms."""
 import pytest
 import torch
+import torch.nn.functional as F
 
+from executor.models.transformer import apply_rope, rms_norm
 from kernels import paged_attention
-from kernels.cpu_native import native_decode
+from kernels.cpu_native import native_decode, native_ops
 from kernels.twin import paged_attention_torch
 
 native = native_decode()
@@ -50,3 +53,51 @@ def test_mixed_prefill_and_decode_batch_through_the_dispatcher():
     batch = make_batch(16, 6, 2, q_lens, ctx_lens, seed=3)
     torch.testing.assert_close(paged_attention(*batch, scale=0.2), paged_attention_torch(*batch, scale=0.2),
                                atol=1e-5, rtol=1e-5)
+
+
+# ---- the fused CPU layers (csrc/cpu_ops.cpp) against the torch forms of the model -------------
+ops = native_ops()
+
+
+def test_fused_rms_norms_equal_the_torch_form():
+    generator = torch.Generator().manual_seed(7)
+    x, delta = torch.randn(37, 96, generator=generator), torch.randn(37, 96, generator=generator)
+    weight = torch.randn(96, generator=generator)
+    torch.testing.assert_close(ops.rms_norm(x, weight, 1e-6), rms_norm(x, weight, 1e-6))
+    residual = x.clone()
+    normed = ops.add_rms_norm(residual, delta, weight, 1e-5)
+    torch.testing.assert_close(residual, x + delta)                  # updated in place
+    torch.testing.assert_close(normed, rms_norm(x + delta, weight, 1e-5))
+    strided = torch.randn(5, 200, generator=generator)[:, :96]          # rows need not be dense
+    torch.testing.assert_close(ops.rms_norm(strided, weight, 1e-6), rms_norm(strided, weight, 1e-6))
+
+
+def test_fused_silu_and_mul_equals_the_torch_form():
+    gate_up = torch.randn(19, 2 * 136, generator=torch.Generator().manual_seed(8)) * 4
+    gate, up = gate_up.chunk(2, dim=-1)
+    torch.testing.assert_close(ops.silu_and_mul(gate_up), F.silu(gate) * up)
+
+
+@pytest.mark.parametrize("head_dim", [64, 32])
+def test_fused_rope_rotates_q_and_k_heads_in_place_and_leaves_v(head_dim):
+    num_tokens, num_heads, num_kv_heads = 11, 6, 2
+    generator = torch.Generator().manual_seed(9)
+    width = (num_heads + 2 * num_kv_heads) * head_dim
+    qkv = torch.randn(num_tokens, width, generator=generator)
+    angles = torch.rand(num_tokens, head_dim // 2, generator=generator) * 50
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    q, k, v = qkv.split([num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], -1)
+    expected_q = apply_rope(q.reshape(num_tokens, num_heads, head_dim), cos[:, None], sin[:, None])
+    expected_k = apply_rope(k.reshape(num_tokens, num_kv_heads, head_dim), cos[:, None], sin[:, None])
+    expected_v = v.clone()
+    ops.rope_inplace(qkv, cos, sin, num_heads + num_kv_heads, head_dim)
+    torch.testing.assert_close(q.reshape(num_tokens, num_heads, head_dim), expected_q)
+    torch.testing.assert_close(k.reshape(num_tokens, num_kv_heads, head_dim), expected_k)
+    assert torch.equal(v, expected_v)
+
+
+def test_fused_layers_reject_what_they_cannot_compute():
+    with pytest.raises(RuntimeError, match="fp32 only"):
+        ops.rms_norm(torch.randn(2, 8, dtype=torch.float64), torch.randn(8), 1e-6)
+    with pytest.raises(RuntimeError, match="heads exceed the row"):
+        ops.rope_inplace(torch.randn(2, 64), torch.randn(2, 32), torch.randn(2, 32), 3, 32)

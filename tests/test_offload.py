@@ -106,13 +106,14 @@ def test_kvstore_killed_mid_run_then_restarted(llama_dir):
         hits_down = ram_tier(wait_idle(server.stub)).num_hits
 
         server.restart_kvstore()
-        deadline = time.monotonic() + 30
-        while ram_tier(server.stub.GetStats(generation_pb2.GetStatsRequest())).num_pages == 0:
-            assert time.monotonic() < deadline, "the scheduler never stored into the new kvstore"
-            run_all(server.stub, cases[:16], num_threads=4)   # stores into the kvstore once attached
-        assert run_all(server.stub, cases[:16], num_threads=4) == expected[:16]
-        stats = wait_idle(server.stub)
-        assert ram_tier(stats).num_hits > hits_down     # hits resumed, nothing else restarted
+        # The scheduler re-attaches, stores the families again, then loads them: pass over all
+        # 16 (3x the device pool) until a load hits; which pass that is depends on timing.
+        deadline = time.monotonic() + 60
+        while True:
+            assert run_all(server.stub, cases[:16], num_threads=4) == expected[:16]
+            if ram_tier(wait_idle(server.stub)).num_hits > hits_down:
+                break                                   # hits resumed, nothing else restarted
+            assert time.monotonic() < deadline, "no kvstore hit within 60 s of its restart"
         assert all(p.poll() is None for p in server.processes if p is not kvstore)
 
 

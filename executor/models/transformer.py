@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels import paged_attention, write_kv
+from kernels import native_ops, paged_attention, write_kv
 
 from executor.models.config import ModelConfig, llama3_inv_freq_factors
 from executor.models.weights import LayerWeights, ModelWeights
@@ -62,16 +62,21 @@ class CausalLM:
         self.config, self.weights, self.device = config, weights, device
         self.cos, self.sin = rope_tables(config, device)
         self.scale = config.head_dim ** -0.5
+        # The fused C++ layers (kernels/csrc/cpu_ops.cpp) for the fp32 CPU forward, else None.
+        is_cpu_fp32 = device.type == "cpu" and weights.embed.dtype == torch.float32
+        self.ops = native_ops() if is_cpu_fp32 else None
 
     @torch.inference_mode()
     def hidden_states(self, batch: BatchInputs, kv_pool: Tensor) -> Tensor:
         """Run every layer; return the final-normed hidden states of the logits_indices rows."""
         x = self.weights.embed[batch.input_ids]
-        cos = self.cos[batch.positions].unsqueeze(1).to(x.dtype)
-        sin = self.sin[batch.positions].unsqueeze(1).to(x.dtype)
+        cos = self.cos[batch.positions].to(x.dtype)   # [T, head_dim]
+        sin = self.sin[batch.positions].to(x.dtype)
         for index, layer in enumerate(self.weights.layers):
             x = self._layer(layer, x, cos, sin, batch, kv_pool[:, index])
         x = x[batch.logits_indices]
+        if self.ops is not None:
+            return self.ops.rms_norm(x, self.weights.final_norm, self.config.rms_norm_eps)
         return rms_norm(x, self.weights.final_norm, self.config.rms_norm_eps)
 
     @torch.inference_mode()
@@ -82,23 +87,31 @@ class CausalLM:
 
     def _layer(self, layer: LayerWeights, x: Tensor, cos: Tensor, sin: Tensor,
                batch: BatchInputs, layer_cache: Tensor) -> Tensor:
-        config = self.config
-        num_tokens, head_dim = x.shape[0], config.head_dim
-        h = rms_norm(x, layer.input_norm, config.rms_norm_eps)
+        config, ops = self.config, self.ops
+        num_tokens, head_dim, eps = x.shape[0], config.head_dim, config.rms_norm_eps
+        h = rms_norm(x, layer.input_norm, eps) if ops is None else ops.rms_norm(x, layer.input_norm, eps)
         qkv = F.linear(h, layer.qkv, layer.qkv_bias)
+        is_fused_rope = ops is not None and layer.q_norm is None
+        if is_fused_rope:   # rotates the q and k heads inside qkv
+            ops.rope_inplace(qkv, cos, sin, config.num_heads + config.num_kv_heads, head_dim)
         q_size, kv_size = config.num_heads * head_dim, config.num_kv_heads * head_dim
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q = q.view(num_tokens, config.num_heads, head_dim)
         k = k.view(num_tokens, config.num_kv_heads, head_dim)
         v = v.view(num_tokens, config.num_kv_heads, head_dim)
-        if layer.q_norm is not None:
-            q = rms_norm(q, layer.q_norm, config.rms_norm_eps)
-            k = rms_norm(k, layer.k_norm, config.rms_norm_eps)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if not is_fused_rope:
+            if layer.q_norm is not None:
+                q = rms_norm(q, layer.q_norm, eps)
+                k = rms_norm(k, layer.k_norm, eps)
+            q, k = apply_rope(q, cos[:, None], sin[:, None]), apply_rope(k, cos[:, None], sin[:, None])
         write_kv(layer_cache, k, v, batch.slot_mapping)
         attn = paged_attention(q, layer_cache, batch.block_tables, batch.seq_lens,
                                batch.query_start_loc, self.scale)
-        x = x + F.linear(attn.reshape(num_tokens, q_size), layer.o_proj, layer.o_bias)
-        h = rms_norm(x, layer.post_norm, config.rms_norm_eps)
-        gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
-        return x + F.linear(F.silu(gate) * up, layer.down)
+        attn_out = F.linear(attn.reshape(num_tokens, q_size), layer.o_proj, layer.o_bias)
+        if ops is None:
+            x = x + attn_out
+            h = rms_norm(x, layer.post_norm, eps)
+            gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
+            return x + F.linear(F.silu(gate) * up, layer.down)
+        h = ops.add_rms_norm(x, attn_out, layer.post_norm, eps)   # x += attn_out
+        return x.add_(F.linear(ops.silu_and_mul(F.linear(h, layer.gate_up)), layer.down))

@@ -144,7 +144,3 @@ torch::Tensor paged_decode(torch::Tensor query, torch::Tensor cache, torch::Tens
   });
   return out;
 }
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("paged_decode", &paged_decode, "paged decode attention, fp32, K/V read in place");
-}

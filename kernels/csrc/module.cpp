@@ -1,0 +1,17 @@
+// The Python module of the native CPU kernels (kernels/cpu_native.py builds it).
+#include <torch/extension.h>
+
+torch::Tensor paged_decode(torch::Tensor query, torch::Tensor cache, torch::Tensor block_tables,
+                           torch::Tensor lens, double scale);
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps);
+torch::Tensor add_rms_norm(torch::Tensor residual, torch::Tensor delta, torch::Tensor weight, double eps);
+torch::Tensor silu_and_mul(torch::Tensor gate_up);
+void rope_inplace(torch::Tensor x, torch::Tensor cos, torch::Tensor sin, int64_t num_heads, int64_t head_dim);
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("paged_decode", &paged_decode, "paged decode attention, fp32, K/V read in place");
+  m.def("rms_norm", &rms_norm, "RMSNorm per row, fp32");
+  m.def("add_rms_norm", &add_rms_norm, "residual += delta in place, then RMSNorm of it");
+  m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up of a fused [T, 2I] projection");
+  m.def("rope_inplace", &rope_inplace, "rotate-half RoPE in place on the leading heads of each row");
+}
