@@ -39,9 +39,10 @@ def build_runner(settings: EngineSettings) -> Runner:
     loaded = load_model(settings.model_dir, settings.dtype, device)
     pool = KVPool(loaded.config, _num_blocks(settings, loaded), settings.block_size, loaded.dtype, device)
     if device.type == "cpu" and loaded.dtype == torch.float32:
-        from kernels.cpu_native import native_decode   # build (or load) it now, not mid-step
+        from kernels.cpu_native import native_ops   # build (or load) them now, not mid-step
 
-        log.info("decode attention: %s", "native C++ kernel" if native_decode() else "torch twin")
+        log.info("CPU kernels: %s", "native C++ (decode attention, fused norm/SiLU/RoPE)"
+                 if native_ops() else "torch forms")
     log.info("model %s (%s, %s on %s) loaded in %.2f s; KV pool %d blocks x %d tokens = %.1f MiB",
              loaded.path, loaded.config.architecture, str(loaded.dtype).removeprefix("torch."), device,
              loaded.load_seconds, pool.num_blocks, pool.block_size,
