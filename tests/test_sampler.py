@@ -21,6 +21,13 @@ def test_greedy_takes_argmax_and_leaves_logits_untouched():
     assert torch.equal(logits, before)
 
 
+def test_greedy_tie_takes_the_first_maximum_as_transformers_argmax_does():
+    logits = torch.zeros(2, 32000)
+    logits[0, [9000, 5]] = 2.0
+    logits[1, [31999, 7, 20000]] = 1.0
+    assert sample(logits, [row(temperature=0.0)] * 2).token_ids == [5, 7]
+
+
 def test_repetition_penalty_divides_positive_and_multiplies_negative():
     # token 1 (3.0, seen) -> 1.5 < token 2 (2.0); token 3 (-1.0, seen) -> -2.0 stays below.
     logits = torch.tensor([[0.1, 3.0, 2.0, -1.0]])
