@@ -38,11 +38,9 @@ def build_runner(settings: EngineSettings) -> Runner:
     device = resolve_device(settings.device)
     loaded = load_model(settings.model_dir, settings.dtype, device)
     pool = KVPool(loaded.config, _num_blocks(settings, loaded), settings.block_size, loaded.dtype, device)
-    if device.type == "cpu" and loaded.dtype == torch.float32:
-        from kernels.cpu_native import native_ops   # build (or load) them now, not mid-step
-
+    if device.type == "cpu" and loaded.dtype == torch.float32:   # the model built them on load
         log.info("CPU kernels: %s", "native C++ (decode attention, fused norm/SiLU/RoPE)"
-                 if native_ops() else "torch forms")
+                 if loaded.model.ops is not None else "torch forms")
     log.info("model %s (%s, %s on %s) loaded in %.2f s; KV pool %d blocks x %d tokens = %.1f MiB",
              loaded.path, loaded.config.architecture, str(loaded.dtype).removeprefix("torch."), device,
              loaded.load_seconds, pool.num_blocks, pool.block_size,

@@ -1,7 +1,9 @@
 """Strata kernels: paged KV write and paged attention, a Triton body for CUDA and a torch twin.
 
 CUDA tensors go to the Triton bodies, everything else to the torch twins (the CPU production
-path), whose fp32 decode attention uses the compiled C++ kernel of cpu_native.py when it builds. Both implementations are exported so tests can compare them; under TRITON_INTERPRET=1
+path), whose fp32 decode attention uses the compiled C++ kernel of cpu_native.py when it
+builds; `native_ops()` is that compiled module (also the fused CPU layers the model uses), or
+None. Both implementations are exported so tests can compare them; under TRITON_INTERPRET=1
 the Triton bodies also accept CPU tensors.
 """
 from __future__ import annotations

@@ -74,10 +74,7 @@ class CausalLM:
         sin = self.sin[batch.positions].to(x.dtype)
         for index, layer in enumerate(self.weights.layers):
             x = self._layer(layer, x, cos, sin, batch, kv_pool[:, index])
-        x = x[batch.logits_indices]
-        if self.ops is not None:
-            return self.ops.rms_norm(x, self.weights.final_norm, self.config.rms_norm_eps)
-        return rms_norm(x, self.weights.final_norm, self.config.rms_norm_eps)
+        return self._norm(x[batch.logits_indices], self.weights.final_norm)
 
     @torch.inference_mode()
     def logits(self, batch: BatchInputs, kv_pool: Tensor) -> Tensor:
@@ -85,11 +82,17 @@ class CausalLM:
         hidden = self.hidden_states(batch, kv_pool)
         return F.linear(hidden, self.weights.lm_head).float()
 
+    def _norm(self, x: Tensor, weight: Tensor) -> Tensor:
+        """RMSNorm of [T, H] rows: the fused kernel when there is one."""
+        if self.ops is None:
+            return rms_norm(x, weight, self.config.rms_norm_eps)
+        return self.ops.rms_norm(x, weight, self.config.rms_norm_eps)
+
     def _layer(self, layer: LayerWeights, x: Tensor, cos: Tensor, sin: Tensor,
                batch: BatchInputs, layer_cache: Tensor) -> Tensor:
         config, ops = self.config, self.ops
         num_tokens, head_dim, eps = x.shape[0], config.head_dim, config.rms_norm_eps
-        h = rms_norm(x, layer.input_norm, eps) if ops is None else ops.rms_norm(x, layer.input_norm, eps)
+        h = self._norm(x, layer.input_norm)
         qkv = F.linear(h, layer.qkv, layer.qkv_bias)
         is_fused_rope = ops is not None and layer.q_norm is None
         if is_fused_rope:   # rotates the q and k heads inside qkv
