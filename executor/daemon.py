@@ -33,13 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, help="save_pretrained directory (default: built-in random model)")
     parser.add_argument("--data-dir", type=Path, help="default: $STRATA_DATA_DIR or ~/.cache/strata")
     parser.add_argument("--listen", help="unix:PATH or HOST:PORT (default: unix:<data-dir>/run/executor.sock)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="compute dtype (auto: fp32 on a CPU, the checkpoint's dtype on CUDA)")
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="KV storage dtype (auto: the compute dtype); 16-bit halves the KV bytes "
+                             "and rounds K/V")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--block-size", type=int, default=16)
     pool = parser.add_mutually_exclusive_group()
     pool.add_argument("--num-device-blocks", type=int)
     pool.add_argument("--kv-cache-bytes", type=parse_bytes, help="e.g. 2GiB (default: from free memory)")
-    parser.add_argument("--max-num-batched-tokens", type=int, default=4096)
+    parser.add_argument("--max-num-batched-tokens", type=int,
+                        help="token budget per step (default: 512 on a CPU, 4096 on CUDA)")
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--num-threads", type=int, help="torch threads (default: CPU cores - 1, at least 1)")
     return parser
@@ -98,7 +103,8 @@ def load_runner(args, data_dir: Path, num_threads: int):
              os.environ.get("OMP_NUM_THREADS"), os.environ.get("OMP_WAIT_POLICY"))
     model_dir = args.model or ensure_default_model(data_dir)
     settings = EngineSettings(
-        model_dir=model_dir, dtype=args.dtype, device=args.device, block_size=args.block_size,
+        model_dir=model_dir, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype, device=args.device,
+        block_size=args.block_size,
         num_device_blocks=args.num_device_blocks, kv_cache_bytes=args.kv_cache_bytes,
         max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs)
     return build_runner(settings)

@@ -1,7 +1,7 @@
 """Strata kernels: paged KV write and paged attention, a Triton body for CUDA and a torch twin.
 
 CUDA tensors go to the Triton bodies, everything else to the torch twins (the CPU production
-path), whose fp32 decode attention uses the compiled C++ kernel of cpu_native.py when it
+path), whose decode attention uses the compiled C++ kernel of cpu_native.py when it
 builds; `native_ops()` is that compiled module (also the fused CPU layers the model uses), or
 None. Both implementations are exported so tests can compare them; under TRITON_INTERPRET=1
 the Triton bodies also accept CPU tensors.
@@ -13,6 +13,9 @@ from torch import Tensor
 
 from kernels.cpu_native import native_decode, native_ops
 from kernels.twin import paged_attention_torch, write_kv_torch
+
+# Cache dtypes the compiled decode kernel reads (it widens 16-bit rows to fp32 as it goes).
+NATIVE_CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 __all__ = [
     "write_kv", "paged_attention", "write_kv_torch", "paged_attention_torch",
@@ -54,7 +57,7 @@ def paged_attention(
     """
     if query.is_cuda:
         return paged_attention_triton(query, layer_cache, block_tables, seq_lens, query_start_loc, scale)
-    native = native_decode() if layer_cache.dtype == torch.float32 else None
+    native = native_decode() if layer_cache.dtype in NATIVE_CACHE_DTYPES else None
     return paged_attention_torch(query, layer_cache, block_tables, seq_lens, query_start_loc, scale,
                                  native)
 

@@ -95,3 +95,28 @@ def test_unmapped_arena_is_rejected(runner):
     plan = executor_pb2.StepPlan(step_id=1, stores=[executor_pb2.PageMove(block_id=0, slot=3, arena_id="ram0")])
     with pytest.raises(PlanError, match="no host arena mapped with id 'ram0'"):
         runner.step(plan)
+
+
+@pytest.mark.parametrize("kv_cache_dtype", ["float16", "bfloat16"])
+def test_16_bit_kv_cache_halves_the_page_and_stays_close_to_fp32(llama_dir, kv_cache_dtype):
+    def decode_logits(settings: EngineSettings) -> tuple[torch.Tensor, object]:
+        runner = build_runner(settings)
+        prompt = [5, 9, 2, 7, 7, 1, 3, 8, 4, 6]
+        out = runner.step(make_plan(1, [new_request("a", prompt, [0, 1, 2, 3])]))
+        logits = [out.logits]
+        for step in range(2, 6):   # decodes read the cached K/V back (the native kernel here)
+            logits.append(runner.step(make_plan(step, run=[running("a", len(prompt) + step - 2, 1)])).logits)
+        return torch.cat(logits), runner.pool
+
+    fp32, fp32_pool = decode_logits(EngineSettings(llama_dir, num_device_blocks=4, block_size=4))
+    half, half_pool = decode_logits(EngineSettings(llama_dir, num_device_blocks=4, block_size=4,
+                                                   kv_cache_dtype=kv_cache_dtype))
+    assert half_pool.dtype == getattr(torch, kv_cache_dtype) and fp32_pool.dtype == torch.float32
+    assert half_pool.page_bytes * 2 == fp32_pool.page_bytes
+    assert not torch.equal(half, fp32)   # K/V were rounded ...
+    torch.testing.assert_close(half, fp32, atol=0.05, rtol=0)   # ... and attention still agrees
+
+
+def test_unknown_kv_cache_dtype_is_rejected_with_the_choices(llama_dir):
+    with pytest.raises(ValueError, match="--kv-cache-dtype 'int8': choose auto, float32, float16, bfloat16"):
+        build_runner(EngineSettings(llama_dir, num_device_blocks=4, kv_cache_dtype="int8"))

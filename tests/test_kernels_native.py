@@ -1,6 +1,6 @@
 """The compiled CPU kernels equal their torch forms: decode attention equals the torch twin (the
 oracle) on decode-only and mixed batches, across block sizes, GQA groups, head sizes (64 and 128
-are compiled specially) and odd lengths; the fused RMSNorm, SiLU-and-mul and RoPE equal the
+are compiled specially), odd lengths and fp32/fp16/bf16 caches; the fused RMSNorm, SiLU-and-mul and RoPE equal the
 model's torch forms."""
 import pytest
 import torch
@@ -46,6 +46,26 @@ def test_native_decode_equals_twin_per_head_size(head_dim):
     scale = head_dim ** -0.5
     torch.testing.assert_close(paged_attention_torch(*batch, scale=scale, native_decode=native),
                                paged_attention_torch(*batch, scale=scale), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 40])   # 40: the F16C loop's 8-wide body plus a tail
+def test_native_decode_reads_16_bit_caches_like_the_twin(cache_dtype, head_dim):
+    ctx_lens, q_lens = [1, 16, 17, 95, 300, 9], [1, 1, 1, 1, 1, 9]   # decodes beside a prefill
+    query, layer_cache, *rest = make_batch(16, 12, 4, q_lens, ctx_lens, seed=7, head_dim=head_dim)
+    layer_cache = layer_cache.to(cache_dtype)
+    scale = head_dim ** -0.5
+    got = paged_attention(query, layer_cache, *rest, scale=scale)
+    # The twin widens the same rounded values: only the order of fp32 sums differs.
+    torch.testing.assert_close(got, paged_attention_torch(query, layer_cache, *rest, scale=scale),
+                               atol=1e-5, rtol=1e-5)
+    assert native(query[:5], layer_cache, rest[0][:5], rest[1][:5], scale).dtype == torch.float32
+
+
+def test_native_decode_rejects_a_cache_dtype_it_cannot_read():
+    query, layer_cache, tables, lens, _ = make_batch(16, 4, 4, [1], [20])
+    with pytest.raises(RuntimeError, match="cache dtype must be float32, float16 or bfloat16"):
+        native(query, layer_cache.double(), tables, lens, 0.1)
 
 
 def test_mixed_prefill_and_decode_batch_through_the_dispatcher():

@@ -9,7 +9,7 @@ torch::Tensor silu_and_mul(torch::Tensor gate_up);
 void rope_inplace(torch::Tensor x, torch::Tensor cos, torch::Tensor sin, int64_t num_heads, int64_t head_dim);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("paged_decode", &paged_decode, "paged decode attention, fp32, K/V read in place");
+  m.def("paged_decode", &paged_decode, "paged decode attention, fp32 math, fp32/fp16/bf16 K/V read in place");
   m.def("rms_norm", &rms_norm, "RMSNorm per row, fp32");
   m.def("add_rms_norm", &add_rms_norm, "residual += delta in place, then RMSNorm of it");
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up of a fused [T, 2I] projection");

@@ -3,8 +3,10 @@
 // One query token per sequence (decode). Per sequence, one pass over K computes the score of
 // every query head (GQA: a query head reads the K of its group's KV head), a softmax over the
 // scores, one pass over V accumulates the weighted sums. K and V are each read once, straight
-// from their blocks: no gathered copy. fp32 only (the CPU compute dtype). Threads: torch's
-// intra-op pool, one work item per sequence.
+// from their blocks: no gathered copy. The query and the math are fp32 (the CPU compute dtype);
+// the cache may hold fp32, fp16 or bf16 (--kv-cache-dtype): a 16-bit row is widened to fp32 in
+// a small per-thread buffer as it is read, which halves the bytes this memory-bound kernel
+// streams. Threads: torch's intra-op pool, one work item per sequence.
 //
 // The kernel is bound by memory reads (a sequence's K/V is far larger than its compute), so:
 // - each pass prefetches the row one block ahead (a block's rows are contiguous; the next block
@@ -18,7 +20,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <vector>
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -39,33 +46,59 @@ inline void axpy(float alpha, const float* __restrict x, float* __restrict y, in
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
-inline void prefetch_span(const float* start, int64_t num_floats) {
+template <typename T>
+inline void prefetch_span(const T* start, int64_t num_elements) {
   const char* bytes = reinterpret_cast<const char*>(start);
-  for (int64_t offset = 0; offset < num_floats * 4; offset += 64) __builtin_prefetch(bytes + offset);
+  for (int64_t offset = 0; offset < num_elements * int64_t(sizeof(T)); offset += 64)
+    __builtin_prefetch(bytes + offset);
 }
 
+// A cache row as fp32: fp32 rows are read in place, 16-bit rows widened into `buffer`.
+inline const float* widen(const float* row, int64_t, float*) { return row; }
+
+inline const float* widen(const at::BFloat16* row, int64_t n, float* __restrict buffer) {
+  const uint16_t* bits = reinterpret_cast<const uint16_t*>(row);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t word = uint32_t(bits[i]) << 16;   // bf16 is the top half of an fp32
+    std::memcpy(buffer + i, &word, sizeof(float));
+  }
+  return buffer;
+}
+
+inline const float* widen(const at::Half* row, int64_t n, float* __restrict buffer) {
+  int64_t i = 0;
+#ifdef __F16C__
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(buffer + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + i))));
+#endif
+  for (; i < n; ++i) buffer[i] = static_cast<float>(row[i]);
+  return buffer;
+}
+
+template <typename T>
 struct Layout {
-  const float* base;      // the layer's K of block 0
+  const T* base;          // the layer's K of block 0
   int64_t block_size, s_block, s_kv, s_tok, s_head;
   int64_t num_heads, group, head_dim;
-  int64_t row_floats;     // one token's K (or V) row over every KV head
+  int64_t row_elements;   // one token's K (or V) row over every KV head
 
-  const float* row(const int32_t* table, int64_t t, int64_t kv) const {
+  const T* row(const int32_t* table, int64_t t, int64_t kv) const {
     return base + table[t / block_size] * s_block + kv * s_kv + (t % block_size) * s_tok;
   }
 };
 
 // One sequence: q [H, D] (already scaled), out [H, D]. scores has room for n * H floats,
-// peak and total for H.
-template <int64_t kDim>
-void attend_one(const Layout& L, const int32_t* table, int64_t n, const float* __restrict q,
+// peak and total for H, row for one widened row (unused when T is float).
+template <typename T, int64_t kDim>
+void attend_one(const Layout<T>& L, const int32_t* table, int64_t n, const float* __restrict q,
                 float* __restrict out, float* __restrict scores, float* __restrict peak,
-                float* __restrict total) {
+                float* __restrict total, float* __restrict row) {
   const int64_t H = L.num_heads, D = kDim > 0 ? kDim : L.head_dim, ahead = L.block_size;
   // Pass 1: scores[t * H + h] = q_h . k_t(kv head of h).
   for (int64_t t = 0; t < n; ++t) {
-    if (t + ahead < n) prefetch_span(L.row(table, t + ahead, 0), L.row_floats);
-    const float* k = L.row(table, t, 0);
+    if (t + ahead < n) prefetch_span(L.row(table, t + ahead, 0), L.row_elements);
+    const float* k = widen(L.row(table, t, 0), L.row_elements, row);
     float* st = scores + t * H;
     for (int64_t h = 0; h < H; ++h) st[h] = dot<kDim>(q + h * D, k + (h / L.group) * L.s_head, D);
   }
@@ -90,8 +123,8 @@ void attend_one(const Layout& L, const int32_t* table, int64_t n, const float* _
   // Pass 2: out_h = sum_t p_t,h * v_t(kv head of h), then normalise.
   std::fill(out, out + H * D, 0.f);
   for (int64_t t = 0; t < n; ++t) {
-    if (t + ahead < n) prefetch_span(L.row(table, t + ahead, 1), L.row_floats);
-    const float* v = L.row(table, t, 1);
+    if (t + ahead < n) prefetch_span(L.row(table, t + ahead, 1), L.row_elements);
+    const float* v = widen(L.row(table, t, 1), L.row_elements, row);
     const float* pt = scores + t * H;
     for (int64_t h = 0; h < H; ++h) axpy<kDim>(pt[h], v + (h / L.group) * L.s_head, out + h * D, D);
   }
@@ -102,45 +135,58 @@ void attend_one(const Layout& L, const int32_t* table, int64_t n, const float* _
   }
 }
 
+template <typename T>
+void attend_all(const torch::Tensor& cache, const float* q, const int32_t* table, const int32_t* len,
+                float* o, int64_t num_seqs, int64_t num_heads, int64_t head_dim, int64_t max_blocks) {
+  const int64_t num_kv_heads = cache.size(3);
+  const Layout<T> layout{cache.data_ptr<T>(), cache.size(2), cache.stride(0), cache.stride(1),
+                         cache.stride(2), cache.stride(3), num_heads, num_heads / num_kv_heads,
+                         head_dim, (num_kv_heads - 1) * cache.stride(3) + head_dim};
+  at::parallel_for(0, num_seqs, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores, peak(num_heads), total(num_heads), row(layout.row_elements);
+    for (int64_t seq = begin; seq < end; ++seq) {
+      const int64_t n = len[seq];
+      if (n <= 0) continue;
+      scores.resize(static_cast<size_t>(n * num_heads));
+      const int32_t* blocks = table + seq * max_blocks;
+      const float* qs = q + seq * num_heads * head_dim;
+      float* os = o + seq * num_heads * head_dim;
+      if (head_dim == 64)
+        attend_one<T, 64>(layout, blocks, n, qs, os, scores.data(), peak.data(), total.data(), row.data());
+      else if (head_dim == 128)
+        attend_one<T, 128>(layout, blocks, n, qs, os, scores.data(), peak.data(), total.data(), row.data());
+      else
+        attend_one<T, 0>(layout, blocks, n, qs, os, scores.data(), peak.data(), total.data(), row.data());
+    }
+  });
+}
+
 }  // namespace
 
-// query [B, H, D] fp32; cache [N, 2, bs, Hkv, D] fp32 with D dense; block_tables [B, M] int32;
-// lens [B] int32. Returns [B, H, D] fp32.
+// query [B, H, D] fp32; cache [N, 2, bs, Hkv, D] fp32, fp16 or bf16 with D dense;
+// block_tables [B, M] int32; lens [B] int32. Returns [B, H, D] fp32.
 torch::Tensor paged_decode(torch::Tensor query, torch::Tensor cache, torch::Tensor block_tables,
                            torch::Tensor lens, double scale) {
-  TORCH_CHECK(query.dtype() == torch::kFloat32 && cache.dtype() == torch::kFloat32, "fp32 only");
+  const auto kind = cache.scalar_type();
+  TORCH_CHECK(query.dtype() == torch::kFloat32, "fp32 queries only");
+  TORCH_CHECK(kind == torch::kFloat32 || kind == torch::kFloat16 || kind == torch::kBFloat16,
+              "cache dtype must be float32, float16 or bfloat16");
   TORCH_CHECK(query.dim() == 3 && cache.dim() == 5 && cache.stride(4) == 1, "head_dim dense");
   TORCH_CHECK(block_tables.dtype() == torch::kInt32 && lens.dtype() == torch::kInt32, "int32 tables");
   auto tables = block_tables.contiguous();
   auto lengths = lens.contiguous();
   auto scaled = (query * scale).contiguous();
-  const int64_t num_seqs = query.size(0), num_heads = query.size(1), head_dim = query.size(2);
-  const int64_t num_kv_heads = cache.size(3), max_blocks = tables.size(1);
-  const Layout layout{cache.data_ptr<float>(), cache.size(2), cache.stride(0), cache.stride(1),
-                      cache.stride(2), cache.stride(3), num_heads, num_heads / num_kv_heads,
-                      head_dim, (num_kv_heads - 1) * cache.stride(3) + head_dim};
   auto out = torch::empty_like(scaled);
+  const int64_t num_seqs = query.size(0), num_heads = query.size(1), head_dim = query.size(2);
   const float* q = scaled.data_ptr<float>();
   const int32_t* table = tables.data_ptr<int32_t>();
   const int32_t* len = lengths.data_ptr<int32_t>();
   float* o = out.data_ptr<float>();
-
-  at::parallel_for(0, num_seqs, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores, peak(num_heads), total(num_heads);
-    for (int64_t seq = begin; seq < end; ++seq) {
-      const int64_t n = len[seq];
-      if (n <= 0) continue;
-      scores.resize(static_cast<size_t>(n * num_heads));
-      const int32_t* row = table + seq * max_blocks;
-      const float* qs = q + seq * num_heads * head_dim;
-      float* os = o + seq * num_heads * head_dim;
-      if (head_dim == 64)
-        attend_one<64>(layout, row, n, qs, os, scores.data(), peak.data(), total.data());
-      else if (head_dim == 128)
-        attend_one<128>(layout, row, n, qs, os, scores.data(), peak.data(), total.data());
-      else
-        attend_one<0>(layout, row, n, qs, os, scores.data(), peak.data(), total.data());
-    }
-  });
+  if (kind == torch::kFloat32)
+    attend_all<float>(cache, q, table, len, o, num_seqs, num_heads, head_dim, tables.size(1));
+  else if (kind == torch::kFloat16)
+    attend_all<at::Half>(cache, q, table, len, o, num_seqs, num_heads, head_dim, tables.size(1));
+  else
+    attend_all<at::BFloat16>(cache, q, table, len, o, num_seqs, num_heads, head_dim, tables.size(1));
   return out;
 }
