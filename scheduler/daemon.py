@@ -48,6 +48,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--kvstore", default=None,
                         help="kvstore address (unix:PATH or HOST:PORT) for offloading and prefix "
                              "reuse from RAM/NVMe; absent: device prefix cache only")
+    parser.add_argument("--no-prefix-caching", action="store_true",
+                        help="no KV reuse at all: every prompt token is computed (a baseline; "
+                             "cannot be combined with --kvstore)")
     parser.add_argument("--kvstore-token", default=os.environ.get("STRATA_KVSTORE_TOKEN"),
                         help="bearer token of the kvstore (env STRATA_KVSTORE_TOKEN)")
     parser.add_argument("--max-store-pages-per-step", type=int, default=256,
@@ -57,7 +60,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "measured prefill time, else recompute; always: load every hit")
     parser.add_argument("--max-waiting", type=int, default=1024,
                         help="waiting requests before new ones get RESOURCE_EXHAUSTED")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.no_prefix_caching and args.kvstore:
+        parser.error("--no-prefix-caching turns off every KV reuse; drop it or drop --kvstore")
+    return args
 
 
 def capped(value: int | None, ceiling: int, name: str) -> int:
@@ -77,7 +83,8 @@ def build_engine(link: ExecutorLink, args: argparse.Namespace, on_lost) -> tuple
         max_num_batched_tokens=capped(args.max_num_batched_tokens, describe.max_num_batched_tokens,
                                       "max-num-batched-tokens"),
         max_num_seqs=capped(args.max_num_seqs, describe.max_num_seqs, "max-num-seqs"),
-        max_model_len=describe.max_model_len, eos_token_ids=frozenset(describe.eos_token_ids))
+        max_model_len=describe.max_model_len, eos_token_ids=frozenset(describe.eos_token_ids),
+        enable_prefix_caching=not args.no_prefix_caching)
     offloader = build_offloader(link, args, describe) if args.kvstore else None
     engine = Engine(Scheduler(config, offloader), link.step, tokenizer, args.max_waiting, on_lost)
     return engine, tokenizer, describe

@@ -43,7 +43,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="models, logs (default: $STRATA_DATA_DIR or ~/.cache/strata)")
-    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="compute dtype (auto: fp32 on a CPU, the checkpoint's dtype on CUDA)")
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="KV storage dtype on the device and in the kvstore (auto: the compute "
+                             "dtype); 16-bit halves the KV bytes and rounds K/V")
     parser.add_argument("--max-num-batched-tokens", type=int)
     parser.add_argument("--max-num-seqs", type=int)
     parser.add_argument("--max-waiting", type=int, default=1024)
@@ -51,6 +55,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     tiers = parser.add_argument_group("kvstore (offloading and prefix reuse from RAM and disk)")
     tiers.add_argument("--no-kvstore", action="store_true",
                        help="no kvstore: device prefix cache only, preemption by recompute")
+    tiers.add_argument("--no-prefix-caching", action="store_true",
+                       help="no KV reuse at all, not even the device prefix cache (a baseline; "
+                            "implies --no-kvstore)")
     tiers.add_argument("--kvstore-ram", default=None,
                        help="RAM tier size, e.g. 4GiB (default: 1/8 of available RAM, at most 4GiB)")
     tiers.add_argument("--kvstore-disk", default=None,
@@ -75,7 +82,8 @@ def child_specs(args: argparse.Namespace, run_dir: Path) -> list[ChildSpec]:
     """Start order: the kvstore first (the executor maps its arena), the scheduler last."""
     executor_socket = f"unix:{run_dir / 'executor.sock'}"
     executor = ["executor", "--listen", executor_socket, "--data-dir", str(args.data_dir),
-                "--block-size", str(args.block_size), "--dtype", args.dtype]
+                "--block-size", str(args.block_size), "--dtype", args.dtype,
+                "--kv-cache-dtype", args.kv_cache_dtype]
     scheduler = ["scheduler", "--executor", executor_socket, "--listen", f"{args.host}:{args.port}",
                  "--max-waiting", str(args.max_waiting)]
     # The scheduler takes its step limits from the executor's Describe: caps go there only.
@@ -89,7 +97,9 @@ def child_specs(args: argparse.Namespace, run_dir: Path) -> list[ChildSpec]:
         ChildSpec("executor", executor, executor_socket, "strata.v1.Executor"),
         ChildSpec("scheduler", scheduler, f"{args.host}:{args.port}", "strata.v1.Generation", 120.0),
     ]
-    if not args.no_kvstore:
+    if args.no_prefix_caching:
+        scheduler.append("--no-prefix-caching")
+    if not args.no_kvstore and not args.no_prefix_caching:
         kvstore_socket = f"unix:{run_dir / 'kvstore.sock'}"
         scheduler.extend(["--kvstore", kvstore_socket])
         children.insert(0, ChildSpec("kvstore", kvstore_argv(args, kvstore_socket), kvstore_socket,

@@ -35,6 +35,9 @@ class SchedulerConfig:
     max_num_seqs: int
     max_model_len: int
     eos_token_ids: frozenset[int] = frozenset()
+    # False: no KV reuse at all (no device prefix hits, nothing published): every prompt token
+    # is computed. The baseline that measures what reuse is worth; needs no kvstore.
+    enable_prefix_caching: bool = True
 
 
 @dataclass(slots=True)
@@ -209,6 +212,8 @@ class Scheduler:
 
     def _match_prefix(self, request: Request) -> tuple[list[int], int]:
         """(device hit block ids, number of full blocks that could be reused)."""
+        if not self.config.enable_prefix_caching:
+            return [], 0
         # Full blocks only, and never the last token: something must be left to sample from.
         num_full_blocks = (request.num_tokens - 1) // self.config.block_size
         extend_keys(request.block_keys, request.namespace, request.token_ids,
@@ -270,6 +275,9 @@ class Scheduler:
     def _cache_full_blocks(self, request: Request) -> None:
         num_full_blocks = request.num_computed_tokens // self.config.block_size
         if num_full_blocks <= request.num_cached_blocks:
+            return
+        if not self.config.enable_prefix_caching:
+            request.num_cached_blocks = num_full_blocks
             return
         extend_keys(request.block_keys, request.namespace, request.token_ids,
                     self.config.block_size, num_full_blocks)

@@ -8,6 +8,7 @@ import sys
 import time
 
 import grpc
+import pytest
 
 from protos.v1 import generation_pb2
 from servers import child_env, start_up, stop_processes
@@ -81,3 +82,29 @@ def test_demo_streams_one_completion_and_exits_zero(llama_dir, tmp_path):
     assert result.stdout.startswith("strata serving on 127.0.0.1:")
     assert "def fibonacci(n):" in result.stdout
     assert "[10 tokens, finish: length" in result.stdout
+
+
+def test_child_argv_carry_the_kv_dtype_and_the_no_reuse_baseline(tmp_path):
+    from scheduler.launcher import build_parser, child_specs
+
+    def specs(*flags: str) -> dict[str, list[str]]:
+        args = build_parser("strata up").parse_args(["--data-dir", str(tmp_path), *flags])
+        args.data_dir = tmp_path
+        return {spec.name: spec.argv for spec in child_specs(args, tmp_path)}
+
+    default = specs()
+    assert list(default) == ["kvstore", "executor", "scheduler"]
+    assert default["executor"][default["executor"].index("--kv-cache-dtype") + 1] == "auto"
+    assert "--kvstore" in default["scheduler"] and "--no-prefix-caching" not in default["scheduler"]
+    baseline = specs("--no-prefix-caching", "--kv-cache-dtype", "float16")
+    assert list(baseline) == ["executor", "scheduler"]   # no reuse: no kvstore either
+    assert "--no-prefix-caching" in baseline["scheduler"] and "--kvstore" not in baseline["scheduler"]
+    assert baseline["executor"][baseline["executor"].index("--kv-cache-dtype") + 1] == "float16"
+
+
+def test_scheduler_refuses_no_prefix_caching_with_a_kvstore(capsys):
+    from scheduler.daemon import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--executor", "unix:x", "--kvstore", "unix:y", "--no-prefix-caching"])
+    assert "--no-prefix-caching turns off every KV reuse; drop it or drop --kvstore" in capsys.readouterr().err

@@ -157,6 +157,20 @@ def test_prefix_hit_reuses_full_blocks_but_computes_the_last_token():
     assert scheduler.counters.prefix_cache_hit_tokens == 8
 
 
+def test_without_prefix_caching_every_prompt_token_is_computed():
+    config = SchedulerConfig(4, 16, 64, 8, 256, enable_prefix_caching=False)
+    scheduler, executor = Scheduler(config), FakeExecutor(vocab_size=512, block_size=4, num_blocks=16)
+    outputs = {}
+    for name in ("first", "same"):
+        scheduler.add_request(make_request(name, range(1, 13), max_tokens=2))
+        plan, _ = step(scheduler, executor, outputs)
+        assert (plan.new_requests[0].num_computed_tokens, plan.new_requests[0].num_scheduled_tokens) == (0, 12)
+        run_to_end(scheduler, executor, outputs=outputs)
+    assert outputs["same"] == outputs["first"] == expected_tokens(range(1, 13), 2)
+    assert scheduler.counters.prefix_cache_hit_tokens == 0 and scheduler.pool.num_cached_blocks == 0
+    assert scheduler.pool.num_free_blocks == 16 and scheduler.pool.check_integrity()
+
+
 def test_abort_frees_blocks_and_tells_the_executor():
     scheduler, executor = make_scheduler()
     scheduler.add_request(make_request("a", range(1, 21)))
