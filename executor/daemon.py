@@ -28,14 +28,18 @@ def parse_bytes(text: str) -> int:
     return int(float(match.group(1)) * 1024 ** " KMGT".index(unit or " "))
 
 
+# Names the executor accepts for --dtype and --kv-cache-dtype (executor/models/loader.py DTYPES).
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="strata executor", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="save_pretrained directory (default: built-in random model)")
     parser.add_argument("--data-dir", type=Path, help="default: $STRATA_DATA_DIR or ~/.cache/strata")
     parser.add_argument("--listen", help="unix:PATH or HOST:PORT (default: unix:<data-dir>/run/executor.sock)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                         help="compute dtype (auto: fp32 on a CPU, the checkpoint's dtype on CUDA)")
-    parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=DTYPE_CHOICES,
                         help="KV storage dtype (auto: the compute dtype); 16-bit halves the KV bytes "
                              "and rounds K/V")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from executor.kv_pool import KVPool, default_kv_bytes, page_bytes_for
-from executor.models.loader import LoadedModel, load_model
+from executor.models.loader import DTYPES, LoadedModel, load_model
 from executor.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -59,18 +59,15 @@ def build_runner(settings: EngineSettings) -> Runner:
     return Runner(loaded, pool, budget, settings.max_num_seqs)
 
 
-KV_CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
 def resolve_kv_dtype(name: str, model_dtype: torch.dtype) -> torch.dtype:
     """The KV pool's storage dtype: auto keeps the model's compute dtype (fp32 on a CPU, so the
     tokens match a transformers run); float16/bfloat16 halve the bytes every decode step reads
     and every page move copies, at the cost of rounding K/V (attention still computes in fp32)."""
     if name == "auto":
         return model_dtype
-    if name not in KV_CACHE_DTYPES:
-        raise ValueError(f"--kv-cache-dtype {name!r}: choose auto, {', '.join(KV_CACHE_DTYPES)}")
-    return KV_CACHE_DTYPES[name]
+    if name not in DTYPES:
+        raise ValueError(f"--kv-cache-dtype {name!r}: choose auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def _num_blocks(settings: EngineSettings, loaded: LoadedModel, kv_dtype: torch.dtype) -> int:

@@ -21,6 +21,7 @@ from typing import Callable
 
 import grpc
 
+from executor.daemon import DTYPE_CHOICES   # torch-free: the executor imports torch late
 from protos.v1 import generation_pb2, generation_pb2_grpc
 from scheduler.client import stream_completion
 from scheduler.supervisor import ChildSpec, Supervisor
@@ -43,9 +44,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="models, logs (default: $STRATA_DATA_DIR or ~/.cache/strata)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                         help="compute dtype (auto: fp32 on a CPU, the checkpoint's dtype on CUDA)")
-    parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=DTYPE_CHOICES,
                         help="KV storage dtype on the device and in the kvstore (auto: the compute "
                              "dtype); 16-bit halves the KV bytes and rounds K/V")
     parser.add_argument("--max-num-batched-tokens", type=int)

@@ -118,5 +118,5 @@ def test_16_bit_kv_cache_halves_the_page_and_stays_close_to_fp32(llama_dir, kv_c
 
 
 def test_unknown_kv_cache_dtype_is_rejected_with_the_choices(llama_dir):
-    with pytest.raises(ValueError, match="--kv-cache-dtype 'int8': choose auto, float32, float16, bfloat16"):
+    with pytest.raises(ValueError, match="--kv-cache-dtype 'int8': choose auto, float32, bfloat16, float16"):
         build_runner(EngineSettings(llama_dir, num_device_blocks=4, kv_cache_dtype="int8"))
