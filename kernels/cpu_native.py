@@ -5,6 +5,8 @@
   (three passes over the bytes). The native kernel reads K and V once, in place.
 - rms_norm, add_rms_norm, silu_and_mul, rope_inplace (csrc/cpu_ops.cpp): fused elementwise
   layers of the fp32 CPU forward (executor/models/transformer.py), one pass each.
+- small_linear (csrc/small_linear_cpu.cpp): x @ w.T for 2-48 rows (decode steps of a few
+  sequences), reading each weight once at memory speed where MKL's sgemm does not.
 
 They are compiled with torch's cpp_extension (needs a C++ compiler and ninja) once per source
 and CPU (see _build_dir); when that is impossible the torch forms stay the path (a warning says
@@ -21,7 +23,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).parent / "csrc" / name
-           for name in ("module.cpp", "paged_decode_cpu.cpp", "cpu_ops.cpp")]
+           for name in ("module.cpp", "paged_decode_cpu.cpp", "cpu_ops.cpp", "small_linear_cpu.cpp")]
 _module = None
 _is_tried = False
 _lock = threading.Lock()

@@ -1,7 +1,7 @@
 """The compiled CPU kernels equal their torch forms: decode attention equals the torch twin (the
 oracle) on decode-only and mixed batches, across block sizes, GQA groups, head sizes (64 and 128
 are compiled specially), odd lengths and fp32/fp16/bf16 caches; the fused RMSNorm, SiLU-and-mul
-and RoPE equal the model's torch forms."""
+and RoPE equal the model's torch forms; the small-M linear equals F.linear."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -121,3 +121,20 @@ def test_fused_layers_reject_what_they_cannot_compute():
         ops.rms_norm(torch.randn(2, 8, dtype=torch.float64), torch.randn(8), 1e-6)
     with pytest.raises(RuntimeError, match="heads exceed the row"):
         ops.rope_inplace(torch.randn(2, 64), torch.randn(2, 32), torch.randn(2, 32), 3, 32)
+
+
+@pytest.mark.parametrize("rows, width, outputs", [(1, 64, 5), (2, 768, 257), (5, 770, 9), (7, 33, 4), (48, 2048, 131)])
+def test_small_linear_equals_f_linear(rows, width, outputs):
+    """Every x-row count of a tile (4, 3, 2, 1 left over), weight rows past the 4-row tiles, and
+    widths that are not a multiple of 16 (the masked tail)."""
+    generator = torch.Generator().manual_seed(10)
+    weight = torch.randn(outputs, width, generator=generator)
+    x = torch.randn(rows, width + 3, generator=generator)[:, :width]   # strided rows
+    torch.testing.assert_close(ops.small_linear(x, weight), F.linear(x, weight), atol=2e-4, rtol=1e-5)
+
+
+def test_small_linear_rejects_what_it_cannot_compute():
+    with pytest.raises(RuntimeError, match="fp32 only"):
+        ops.small_linear(torch.randn(2, 8, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="contiguous"):
+        ops.small_linear(torch.randn(2, 8), torch.randn(8, 3).t())

@@ -17,6 +17,11 @@ from kernels import native_ops, paged_attention, write_kv
 from executor.models.config import ModelConfig, llama3_inv_freq_factors
 from executor.models.weights import LayerWeights, ModelWeights
 
+# Decode steps of a few sequences: the native small-M kernel (kernels/csrc/small_linear_cpu.cpp)
+# streams each weight once, where MKL's sgemm at 2..48 rows runs at a half to a third of memory
+# speed. One row is MKL's gemv (already at memory speed), more rows its gemm (compute-bound).
+SMALL_LINEAR_ROWS = range(2, 49)
+
 
 class BatchInputs(NamedTuple):
     """One step's flat batch (T tokens over S sequences), all on the model's device."""
@@ -65,6 +70,7 @@ class CausalLM:
         # The fused C++ layers (kernels/csrc/cpu_ops.cpp) for the fp32 CPU forward, else None.
         is_cpu_fp32 = device.type == "cpu" and weights.embed.dtype == torch.float32
         self.ops = native_ops() if is_cpu_fp32 else None
+        self.is_small_linear = self.ops is not None and self.ops.small_linear_is_fast()
 
     @torch.inference_mode()
     def hidden_states(self, batch: BatchInputs, kv_pool: Tensor) -> Tensor:
@@ -80,7 +86,14 @@ class CausalLM:
     def logits(self, batch: BatchInputs, kv_pool: Tensor) -> Tensor:
         """fp32 logits [N, vocab] for the batch's logits_indices rows (no other row is projected)."""
         hidden = self.hidden_states(batch, kv_pool)
-        return F.linear(hidden, self.weights.lm_head).float()
+        return self._linear(hidden, self.weights.lm_head).float()
+
+    def _linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """x @ weight.T + bias: the small-M kernel for a few rows, else F.linear."""
+        if self.is_small_linear and x.shape[0] in SMALL_LINEAR_ROWS and weight.is_contiguous():
+            out = self.ops.small_linear(x, weight)
+            return out if bias is None else out.add_(bias)
+        return F.linear(x, weight, bias)
 
     def _norm(self, x: Tensor, weight: Tensor) -> Tensor:
         """RMSNorm of [T, H] rows: the fused kernel when there is one."""
@@ -93,7 +106,7 @@ class CausalLM:
         config, ops = self.config, self.ops
         num_tokens, head_dim, eps = x.shape[0], config.head_dim, config.rms_norm_eps
         h = self._norm(x, layer.input_norm)
-        qkv = F.linear(h, layer.qkv, layer.qkv_bias)
+        qkv = self._linear(h, layer.qkv, layer.qkv_bias)
         is_fused_rope = ops is not None and layer.q_norm is None
         if is_fused_rope:   # rotates the q and k heads inside qkv
             ops.rope_inplace(qkv, cos, sin, config.num_heads + config.num_kv_heads, head_dim)
@@ -110,11 +123,11 @@ class CausalLM:
         write_kv(layer_cache, k, v, batch.slot_mapping)
         attn = paged_attention(q, layer_cache, batch.block_tables, batch.seq_lens,
                                batch.query_start_loc, self.scale)
-        attn_out = F.linear(attn.reshape(num_tokens, q_size), layer.o_proj, layer.o_bias)
+        attn_out = self._linear(attn.reshape(num_tokens, q_size), layer.o_proj, layer.o_bias)
         if ops is None:
             x = x + attn_out
             h = rms_norm(x, layer.post_norm, eps)
             gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
             return x + F.linear(F.silu(gate) * up, layer.down)
         h = ops.add_rms_norm(x, attn_out, layer.post_norm, eps)   # x += attn_out
-        return x.add_(F.linear(ops.silu_and_mul(F.linear(h, layer.gate_up)), layer.down))
+        return x.add_(self._linear(ops.silu_and_mul(self._linear(h, layer.gate_up)), layer.down))
