@@ -24,14 +24,16 @@ log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).parent / "csrc" / name
            for name in ("module.cpp", "paged_decode_cpu.cpp", "cpu_ops.cpp", "small_linear_cpu.cpp")]
+CFLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffast-math"]
 _module = None
 _is_tried = False
 _lock = threading.Lock()
 
 
 def _build_name() -> str:
-    """Source and CPU flags in the name: -march=native code must not run on another CPU."""
-    digest = hashlib.sha256()
+    """Compiler flags, sources and CPU flags in the name: -march=native code must not run on
+    another CPU, and a flag change must rebuild."""
+    digest = hashlib.sha256(" ".join(CFLAGS).encode())
     for source in SOURCES:
         digest.update(source.read_bytes())
     try:
@@ -78,7 +80,7 @@ def native_ops():
             log.info("loading the native CPU kernels (the first build takes about a minute)")
             _module = load(name=name, sources=[str(source) for source in SOURCES],
                            build_directory=str(build_dir),
-                           extra_cflags=["-O3", "-march=native", "-fopenmp-simd", "-ffast-math"],
+                           extra_cflags=CFLAGS,
                            verbose=False)
         except Exception as error:  # noqa: BLE001 - the torch forms remain a correct path
             log.warning("native CPU kernels unavailable (%s); using the torch forms", error)
