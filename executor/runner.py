@@ -48,13 +48,16 @@ class Runner:
         for request_id in plan.finished_request_ids:
             self.requests.pop(request_id, None)
         work = self._admit(scheduled)
+        start = time.perf_counter()
         if plan.blocking_loads:
             self.mover.submit(plan.blocking_loads, ())
             self.mover.wait_for([m.move_id for m in plan.blocking_loads])
+        blocking_load_seconds = time.perf_counter() - start
         self.mover.submit(plan.loads, plan.stores)
         start = time.perf_counter()
         logits, states = self._forward(work)
-        result = executor_pb2.StepResult(step_id=plan.step_id, num_computed_tokens=plan.num_scheduled_tokens)
+        result = executor_pb2.StepResult(step_id=plan.step_id, num_computed_tokens=plan.num_scheduled_tokens,
+                                         blocking_load_seconds=blocking_load_seconds)
         if states:
             self._sample_into(result, logits, states)
         result.forward_seconds = time.perf_counter() - start

@@ -59,6 +59,7 @@ class Loading:
     tiers: list[int]
     num_pending: int
     started: float
+    sent: float = 0.0           # blocking loads: when the plan carrying them was built
     first_failed: int | None = None
     is_aborted: bool = False
     is_blocking: bool = False   # copied before the forward; the request is already running
@@ -240,6 +241,9 @@ class Offloader:
 
     # ---- plan and result -----------------------------------------------------------------
     def fill_plan(self, plan: executor_pb2.StepPlan) -> None:
+        now = time.perf_counter()
+        for move in self.pending_blocking_loads:
+            self.in_flight[move.move_id][0].sent = now
         plan.loads.extend(self.pending_loads)
         plan.stores.extend(self.pending_stores)
         plan.blocking_loads.extend(self.pending_blocking_loads)
@@ -260,7 +264,7 @@ class Offloader:
                     owner.first_failed = index
                 owner.num_pending -= 1
                 if owner.num_pending == 0:
-                    self._finish_load(owner, ready)
+                    self._finish_load(owner, ready, result.blocking_load_seconds)
             elif isinstance(owner, Storing):
                 owner.is_failed |= not is_ok
                 owner.num_pending -= 1
@@ -268,30 +272,27 @@ class Offloader:
                     self._finish_store(owner)
         return ready
 
-    def _finish_load(self, entry: Loading, ready: list) -> None:
+    def _finish_load(self, entry: Loading, ready: list, blocking_load_seconds: float) -> None:
         self.link.complete_load(entry.lease_id)
-        if entry.is_blocking:
-            self._finish_blocking_load(entry)
+        if entry.is_blocking:   # its pages were in place once the executor's wait ended
+            self._publish(entry, len(entry.block_ids), entry.sent - entry.started + blocking_load_seconds)
+            self.pool.release(reversed(entry.block_ids))
             return
         del self.loading[entry.request.request_id]
         if entry.is_aborted:
             self.pool.release(reversed(entry.held_block_ids))
             return
         num_ok = len(entry.block_ids) if entry.first_failed is None else entry.first_failed
-        self._publish(entry, num_ok)
+        self._publish(entry, num_ok, time.perf_counter() - entry.started)
         ready.append((entry.request, (entry.first_index + num_ok) * self.block_size))
 
-    def _finish_blocking_load(self, entry: Loading) -> None:
-        """The request ran on these blocks in the step that loaded them; publish and let go."""
-        self._publish(entry, len(entry.block_ids))
-        self.pool.release(reversed(entry.block_ids))
-
-    def _publish(self, entry: Loading, num_ok: int) -> None:
-        """Key the first num_ok loaded blocks in the prefix index (the rest failed)."""
+    def _publish(self, entry: Loading, num_ok: int, seconds: float) -> None:
+        """Key the first num_ok loaded blocks in the prefix index (the rest failed); seconds: the
+        load's latency, Lookup hit -> pages usable."""
         keys = entry.request.block_keys[entry.first_index:]
         for block_id, key in zip(entry.block_ids[:num_ok], keys):
             self.pool.cache_block(block_id, key)
-        self.stats.on_load(entry.tiers[:num_ok], time.perf_counter() - entry.started)
+        self.stats.on_load(entry.tiers[:num_ok], seconds)
 
     def _finish_store(self, entry: Storing) -> None:
         is_published = self.link.complete_store(entry.lease_id, not entry.is_failed)
