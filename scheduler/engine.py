@@ -22,6 +22,9 @@ from scheduler.streams import RequestStream
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_SECONDS = 0.5
+# A request in this many failed executor steps is aborted: an executor that fails the same work
+# every time (a bug, not a crash) must not keep it re-admitted forever.
+MAX_FAILED_STEPS_PER_REQUEST = 3
 
 
 class StepFunction(Protocol):
@@ -135,14 +138,22 @@ class Engine:
             # A scheduler bug: drop the requests of that plan, resync the executor, keep serving.
             log.error("executor rejected plan %d: %s; aborting its %d requests", step.plan.step_id,
                       error.details(), len(step.scheduled))
-            for request, _ in step.scheduled:
-                self._dispatch([self.scheduler.abort_request(request.request_id)])
+            doomed = [request for request, _ in step.scheduled]
         else:
             log.error("executor step failed (%s: %s); re-admitting running requests",
                       error.code(), error.details())
+            doomed = []
+            for request, _ in step.scheduled:
+                request.num_failed_steps += 1
+                if request.num_failed_steps >= MAX_FAILED_STEPS_PER_REQUEST:
+                    log.error("aborting %s: it was in %d failed executor steps", request.request_id,
+                              request.num_failed_steps)
+                    doomed.append(request)
         # Back (and Reset: page copies drained) before blocks and kvstore slots are given back.
         if self.on_executor_lost is not None:
             self.on_executor_lost()
+        for request in doomed:
+            self._dispatch([self.scheduler.abort_request(request.request_id)])
         self.scheduler.preempt_all()
 
     def _dispatch(self, outputs: list[RequestOutput | None]) -> None:

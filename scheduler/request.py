@@ -53,6 +53,7 @@ class Request:
     is_known_to_executor: bool = False
     num_blocks_sent: int = 0          # block_ids[:num_blocks_sent] are in the executor's table
     num_preemptions: int = 0
+    num_failed_steps: int = 0         # executor steps that failed (not rejected) while it ran
     is_prefetched: bool = False       # its kvstore pages were asked into RAM while it waited
     # Set for requests with stop strings: the scheduler must see text to know when to stop.
     text_stream: TextStream | None = None

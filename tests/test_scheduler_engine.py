@@ -1,4 +1,5 @@
-"""The engine loop with the fake executor (no gRPC): streams, aborts, a rejected plan."""
+"""The engine loop with the fake executor (no gRPC): streams, aborts, a rejected plan, an executor
+that fails the same request every time."""
 import time
 
 import grpc
@@ -9,6 +10,14 @@ from protos.v1 import generation_pb2
 from scheduler.engine import Engine
 from scheduler.errors import AlreadyExists
 from test_scheduler_policy import expected_tokens, make_request, make_scheduler
+
+
+class Failed(grpc.RpcError):
+    def code(self):
+        return grpc.StatusCode.INTERNAL
+
+    def details(self):
+        return "step failed (test)"
 
 
 class Rejected(grpc.RpcError):
@@ -22,17 +31,19 @@ class Rejected(grpc.RpcError):
 @pytest.fixture
 def engine(tokenizer_dir):
     scheduler, executor = make_scheduler(num_blocks=64, max_num_batched_tokens=64)
-    rejected_ids = set()
+    rejected_ids, failing_ids = set(), set()
 
     def step(plan):
         if any(r.request_id in rejected_ids for r in plan.new_requests):
             raise Rejected()
+        if any(r.request_id in failing_ids for r in plan.new_requests):
+            raise Failed()
         time.sleep(0.002)   # a step takes time, so a test can act between steps
         return executor.step(plan)
 
     running = Engine(scheduler, step, Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")),
                      max_waiting=16, on_executor_lost=executor.requests.clear)
-    running.rejected_ids = rejected_ids
+    running.rejected_ids, running.failing_ids = rejected_ids, failing_ids
     running.start()
     yield running
     running.shutdown()
@@ -80,3 +91,13 @@ def test_a_rejected_plan_aborts_its_requests_and_serving_goes_on(engine):
     engine.rejected_ids.clear()
     good = drain(engine.submit(make_request("good", range(1, 10), max_tokens=3)))
     assert [t for r in good for t in r.token_ids] == expected_tokens(range(1, 10), 3)
+
+
+def test_a_request_the_executor_always_fails_is_aborted_and_serving_goes_on(engine):
+    engine.failing_ids.add("doomed")
+    doomed = drain(engine.submit(make_request("doomed", range(1, 10), max_tokens=3)))
+    assert doomed[-1].finish_reason == generation_pb2.FINISH_REASON_ABORT
+    assert not any(r.token_ids for r in doomed)
+    good = drain(engine.submit(make_request("good", range(1, 10), max_tokens=3)))
+    assert [t for r in good for t in r.token_ids] == expected_tokens(range(1, 10), 3)
+    assert engine.scheduler.pool.num_free_blocks == 64 and engine.scheduler.pool.check_integrity()
