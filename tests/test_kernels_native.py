@@ -48,8 +48,25 @@ def test_native_decode_equals_twin_per_head_size(head_dim):
                                paged_attention_torch(*batch, scale=scale), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("block_size, num_heads, num_kv_heads, head_dim", [
+    (8, 14, 2, 64),     # GQA groups of 7, blocks of 8
+    (32, 7, 1, 128),    # one KV head, blocks of 32
+    (16, 16, 16, 64),   # no GQA
+    (16, 5, 5, 128),
+])
+def test_native_decode_compiled_head_sizes_equal_twin(block_size, num_heads, num_kv_heads, head_dim):
+    """head_dim 64 and 128 are compiled with fixed trip counts: other group and block shapes
+    than the model's, lengths on and off the block edges."""
+    ctx_lens = [1, 15, 16, 17, 33, 255, 300]
+    batch = make_batch(block_size, num_heads, num_kv_heads, [1] * len(ctx_lens), ctx_lens, seed=11,
+                       head_dim=head_dim)
+    scale = head_dim ** -0.5
+    torch.testing.assert_close(paged_attention_torch(*batch, scale=scale, native_decode=native),
+                               paged_attention_torch(*batch, scale=scale), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("cache_dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("head_dim", [64, 40])   # 40: the F16C loop's 8-wide body plus a tail
+@pytest.mark.parametrize("head_dim", [64, 128, 40])   # 40: the F16C loop's 8-wide body plus a tail
 def test_native_decode_reads_16_bit_caches_like_the_twin(cache_dtype, head_dim):
     ctx_lens, q_lens = [1, 16, 17, 95, 300, 9], [1, 1, 1, 1, 1, 9]   # decodes beside a prefill
     query, layer_cache, *rest = make_batch(16, 12, 4, q_lens, ctx_lens, seed=7, head_dim=head_dim)
