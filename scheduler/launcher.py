@@ -22,6 +22,7 @@ from typing import Callable
 import grpc
 
 from executor.daemon import DTYPE_CHOICES   # torch-free: the executor imports torch late
+from executor.default_model import default_data_dir
 from protos.v1 import generation_pb2, generation_pb2_grpc
 from scheduler.client import stream_completion
 from scheduler.supervisor import ChildSpec, Supervisor
@@ -29,10 +30,6 @@ from scheduler.supervisor import ChildSpec, Supervisor
 log = logging.getLogger("strata.up")
 
 DEMO_PROMPT = "def fibonacci(n):"
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("STRATA_DATA_DIR") or Path.home() / ".cache" / "strata")
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
