@@ -16,7 +16,15 @@ ARG EXTRAS=""
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    STRATA_DATA_DIR=/data
+    STRATA_DATA_DIR=/data \
+    STRATA_EXTENSIONS_DIR=/cache/torch_extensions
+
+# A C++ compiler: the executor builds its native CPU kernels for the host's own CPU at first
+# start (-march=native: they cannot be built into the image; compose keeps the build in a volume),
+# and Triton compiles its kernel launchers on CUDA hosts. Without one the CPU forward falls back
+# to the slower torch forms.
+RUN apt-get update && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
 
 # torch first, in its own layer: it is most of the image and changes far less often than the code.
 RUN pip install --index-url "${TORCH_INDEX}" "torch==2.13.0"
