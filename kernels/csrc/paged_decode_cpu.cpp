@@ -130,40 +130,44 @@ inline void softmax_rows(const Sequence& s, int64_t H, float* __restrict peak) {
   }
 }
 
+// Row t of every sequence in turn, for t up to the longest: visit(s, t, row) with the row of
+// K (kv 0) or V (kv 1) as fp32, the same row of the next block prefetched first. row: room for
+// one widened row (unused when T is float).
+template <typename T, typename Visit>
+inline void walk_rows(const Layout<T>& L, const Sequence* seqs, int64_t count, int64_t kv,
+                      float* __restrict row, Visit&& visit) {
+  int64_t longest = 0;
+  for (int64_t j = 0; j < count; ++j) longest = std::max(longest, seqs[j].n);
+  for (int64_t t = 0; t < longest; ++t) {
+    for (int64_t j = 0; j < count; ++j) {
+      const Sequence& s = seqs[j];
+      if (t >= s.n) continue;
+      if (t + L.block_size < s.n) prefetch_span(L.row(s.table, t + L.block_size, kv), L.row_elements);
+      visit(s, t, widen(L.row(s.table, t, kv), L.row_elements, row));
+    }
+  }
+}
+
 // Up to kSequencesPerWalk sequences of any lengths; peak for H floats, row for one widened row
 // (unused when T is float).
 template <typename T, int64_t kDim>
 void attend_walk(const Layout<T>& L, const Sequence* seqs, int64_t count, float* __restrict peak,
                  float* __restrict row) {
-  const int64_t H = L.num_heads, D = kDim > 0 ? kDim : L.head_dim, ahead = L.block_size;
-  int64_t longest = 0;
-  for (int64_t j = 0; j < count; ++j) longest = std::max(longest, seqs[j].n);
+  const int64_t H = L.num_heads, D = kDim > 0 ? kDim : L.head_dim;
   // Pass 1: scores[t * H + h] = q_h . k_t(kv head of h).
-  for (int64_t t = 0; t < longest; ++t) {
-    for (int64_t j = 0; j < count; ++j) {
-      const Sequence& s = seqs[j];
-      if (t >= s.n) continue;
-      if (t + ahead < s.n) prefetch_span(L.row(s.table, t + ahead, 0), L.row_elements);
-      const float* k = widen(L.row(s.table, t, 0), L.row_elements, row);
-      float* st = s.scores + t * H;
-      for (int64_t h = 0; h < H; ++h) st[h] = dot<kDim>(s.q + h * D, k + (h / L.group) * L.s_head, D);
-    }
-  }
+  walk_rows(L, seqs, count, 0, row, [&](const Sequence& s, int64_t t, const float* k) {
+    float* st = s.scores + t * H;
+    for (int64_t h = 0; h < H; ++h) st[h] = dot<kDim>(s.q + h * D, k + (h / L.group) * L.s_head, D);
+  });
   for (int64_t j = 0; j < count; ++j) {
     softmax_rows(seqs[j], H, peak);
     std::fill(seqs[j].out, seqs[j].out + H * D, 0.f);
   }
   // Pass 2: out_h = sum_t p_t,h * v_t(kv head of h), then normalise.
-  for (int64_t t = 0; t < longest; ++t) {
-    for (int64_t j = 0; j < count; ++j) {
-      const Sequence& s = seqs[j];
-      if (t >= s.n) continue;
-      if (t + ahead < s.n) prefetch_span(L.row(s.table, t + ahead, 1), L.row_elements);
-      const float* v = widen(L.row(s.table, t, 1), L.row_elements, row);
-      const float* pt = s.scores + t * H;
-      for (int64_t h = 0; h < H; ++h) axpy<kDim>(pt[h], v + (h / L.group) * L.s_head, s.out + h * D, D);
-    }
-  }
+  walk_rows(L, seqs, count, 1, row, [&](const Sequence& s, int64_t t, const float* v) {
+    const float* pt = s.scores + t * H;
+    for (int64_t h = 0; h < H; ++h) axpy<kDim>(pt[h], v + (h / L.group) * L.s_head, s.out + h * D, D);
+  });
   for (int64_t j = 0; j < count; ++j) {
     for (int64_t h = 0; h < H; ++h) {
       const float inv = 1.f / seqs[j].total[h];
