@@ -1,10 +1,11 @@
 """How much prefill a multiturn workload leaves to save: the prompt tokens each turn computes.
 
-    python -m bench.reuse_bound [--sessions 32] [--turns 6] [--system-len 1000]
-                                [--user-len 64:200] [--output-len 32] [--seed 0] [--block-size 16]
+    python -m bench.reuse_bound [--block-size 16] [--fixed-tokens 0] [--vocab-size 32000]
+                                [strata bench's multiturn flags: --sessions, --turns, --system-len,
+                                 --user-len, --output-len, --seed]
 
-The same sessions `strata bench --workload multiturn` sends (same flags, same seed), every output
-at its max_tokens. Per turn, the tokens computed before its first token under three regimes:
+The same sessions `strata bench --workload multiturn` sends (its own parser reads the workload
+flags, with its defaults), every output at its max_tokens. Per turn, the tokens computed before its first token under three regimes:
 - no-reuse: the whole prompt (`--no-prefix-caching`);
 - recompute: all but the shared system prompt's full blocks (the device prefix cache keeps the
   system prompt; the rest of the history was evicted, as when the KV working set is many times
@@ -22,7 +23,8 @@ import sys
 
 import numpy as np
 
-from bench.workloads import TokenSource, multiturn_sessions, parse_range
+from bench import options
+from bench.workloads import build_sessions
 
 REGIMES = ("no-reuse", "recompute", "full-reuse")
 
@@ -52,20 +54,15 @@ def percentile_ratios(numerator: list[int], denominator: list[int], fixed_tokens
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.reuse_bound", description=__doc__.splitlines()[0])
-    parser.add_argument("--sessions", type=int, default=32)
-    parser.add_argument("--turns", type=int, default=6)
-    parser.add_argument("--system-len", type=int, default=1000)
-    parser.add_argument("--user-len", default="64:200")
-    parser.add_argument("--output-len", default="32")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(prog="python -m bench.reuse_bound", description=__doc__.splitlines()[0],
+                                     epilog="Other flags: strata bench's multiturn workload flags.")
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--vocab-size", type=int, default=32000, help="only draws the ids; lengths do not depend on it")
     parser.add_argument("--fixed-tokens", type=float, default=0.0,
                         help="a per-turn cost that does not shrink with reuse, in tokens of prefill")
-    args = parser.parse_args(argv)
-    sessions = multiturn_sessions(TokenSource(args.vocab_size, [], args.seed), args.sessions, args.turns,
-                                  args.system_len, parse_range(args.user_len), parse_range(args.output_len))
+    args, workload_argv = parser.parse_known_args(argv)
+    workload, _ = options.parse(["--workload", "multiturn", *workload_argv])
+    sessions = build_sessions(workload, args.vocab_size, [])
     tokens = computed_tokens(sessions, args.block_size)
     print(f"{len(tokens['no-reuse'])} turns; prompt tokens computed per turn:")
     for regime in REGIMES:
