@@ -23,7 +23,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).parent / "csrc" / name
-           for name in ("module.cpp", "paged_decode_cpu.cpp", "cpu_ops.cpp", "small_linear_cpu.cpp")]
+           for name in ("module.cpp", "paged_decode_cpu.cpp", "cpu_ops.cpp", "small_linear_cpu.cpp",
+                        "packed_linear_cpu.cpp")]
 CFLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffast-math"]
 _module = None
 _is_tried = False

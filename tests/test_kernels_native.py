@@ -155,3 +155,31 @@ def test_small_linear_rejects_what_it_cannot_compute():
         ops.small_linear(torch.randn(2, 8, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="contiguous"):
         ops.small_linear(torch.randn(2, 8), torch.randn(8, 3).t())
+
+
+needs_packed = pytest.mark.skipif(not ops.packed_linear_is_available(), reason="this torch has no MKL packed sgemm")
+
+
+@needs_packed
+@pytest.mark.parametrize("rows", [1, 2, 21, 128, 515])
+@pytest.mark.parametrize("outputs, width", [(768, 768), (131, 770), (5, 33)])
+def test_packed_linear_equals_f_linear(rows, outputs, width):
+    """One packed copy serves every row count; strided x rows; widths off MKL's panel sizes."""
+    generator = torch.Generator().manual_seed(11)
+    weight = torch.randn(outputs, width, generator=generator)
+    x = torch.randn(rows, width + 3, generator=generator)[:, :width]   # strided rows
+    packed = ops.pack_linear_weight(weight)
+    torch.testing.assert_close(ops.packed_linear(x, packed), F.linear(x, weight), atol=2e-4, rtol=1e-5)
+    assert ops.packed_linear(x[:0], packed).shape == (0, outputs)
+
+
+@needs_packed
+def test_packed_linear_rejects_a_pack_of_another_shape():
+    packed = ops.pack_linear_weight(torch.randn(64, 32))
+    assert packed.shape[1:] == (64, 32)
+    with pytest.raises(RuntimeError, match="with x's K"):
+        ops.packed_linear(torch.randn(4, 48), packed)
+    with pytest.raises(RuntimeError, match="with x's K"):
+        ops.packed_linear(torch.randn(4, 32), packed[:1].clone())
+    with pytest.raises(RuntimeError, match="fp32"):
+        ops.pack_linear_weight(torch.randn(64, 32, dtype=torch.bfloat16))

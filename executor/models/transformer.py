@@ -21,6 +21,10 @@ from executor.models.weights import LayerWeights, ModelWeights
 # streams each weight once, where MKL's sgemm at 2..48 rows runs at a half to a third of memory
 # speed. One row is MKL's gemv (already at memory speed), more rows its gemm (compute-bound).
 SMALL_LINEAR_ROWS = range(2, 49)
+# With the weights packed once for MKL (kernels/csrc/packed_linear_cpu.cpp) the gemm wins from
+# about 20 rows (1 thread, the 124M Llama's layer matrices, cold: M=16 60 vs 64 ms, M=24 68 vs
+# 64, M=32 89 vs 76, M=48 111 vs 92).
+SMALL_LINEAR_ROWS_BEFORE_PACKED = range(2, 21)
 
 
 class BatchInputs(NamedTuple):
@@ -71,6 +75,12 @@ class CausalLM:
         is_cpu_fp32 = device.type == "cpu" and weights.embed.dtype == torch.float32
         self.ops = native_ops() if is_cpu_fp32 else None
         self.is_small_linear = self.ops is not None and self.ops.small_linear_is_fast()
+        # weight.data_ptr() -> the weight packed for MKL's sgemm; empty where there is no MKL.
+        self.packed = {}
+        if self.ops is not None and self.ops.packed_linear_is_available():
+            self.packed = {weight.data_ptr(): self.ops.pack_linear_weight(weight)
+                           for weight in _projections(weights)}
+        self.small_linear_rows = SMALL_LINEAR_ROWS_BEFORE_PACKED if self.packed else SMALL_LINEAR_ROWS
 
     @torch.inference_mode()
     def hidden_states(self, batch: BatchInputs, kv_pool: Tensor) -> Tensor:
@@ -89,11 +99,16 @@ class CausalLM:
         return self._linear(hidden, self.weights.lm_head).float()
 
     def _linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-        """x @ weight.T + bias: the small-M kernel for a few rows, else F.linear."""
-        if self.is_small_linear and x.shape[0] in SMALL_LINEAR_ROWS and weight.is_contiguous():
+        """x @ weight.T + bias: the small-M kernel for a few rows, else the packed weight's gemm,
+        else F.linear."""
+        if self.is_small_linear and x.shape[0] in self.small_linear_rows and weight.is_contiguous():
             out = self.ops.small_linear(x, weight)
-            return out if bias is None else out.add_(bias)
-        return F.linear(x, weight, bias)
+        elif x.shape[0] > 1 and (packed := self.packed.get(weight.data_ptr())) is not None \
+                and x.stride(-1) == 1:   # one row: MKL's gemv is faster than the packed gemm
+            out = self.ops.packed_linear(x, packed)
+        else:
+            return F.linear(x, weight, bias)
+        return out if bias is None else out.add_(bias)
 
     def _norm(self, x: Tensor, weight: Tensor) -> Tensor:
         """RMSNorm of [T, H] rows: the fused kernel when there is one."""
@@ -131,3 +146,9 @@ class CausalLM:
             return x + F.linear(F.silu(gate) * up, layer.down)
         h = ops.add_rms_norm(x, attn_out, layer.post_norm, eps)   # x += attn_out
         return x.add_(self._linear(ops.silu_and_mul(self._linear(h, layer.gate_up)), layer.down))
+
+
+def _projections(weights: ModelWeights) -> list[Tensor]:
+    """Every weight the forward multiplies by (lm_head too, also when it is the embedding)."""
+    return [weight for layer in weights.layers
+            for weight in (layer.qkv, layer.o_proj, layer.gate_up, layer.down)] + [weights.lm_head]

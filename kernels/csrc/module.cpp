@@ -9,6 +9,9 @@ torch::Tensor silu_and_mul(torch::Tensor gate_up);
 void rope_inplace(torch::Tensor x, torch::Tensor cos, torch::Tensor sin, int64_t num_heads, int64_t head_dim);
 torch::Tensor small_linear(torch::Tensor x, torch::Tensor w);
 bool small_linear_is_fast();
+bool packed_linear_is_available();
+torch::Tensor pack_linear_weight(torch::Tensor w);
+torch::Tensor packed_linear(torch::Tensor x, torch::Tensor packed);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode", &paged_decode, "paged decode attention, fp32 math, fp32/fp16/bf16 K/V read in place");
@@ -17,5 +20,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up of a fused [T, 2I] projection");
   m.def("small_linear", &small_linear, "x @ w.T for a few rows of x, streaming w once (fp32)");
   m.def("small_linear_is_fast", &small_linear_is_fast, "whether small_linear's AVX-512 body was compiled");
+  m.def("packed_linear_is_available", &packed_linear_is_available, "whether this torch exports MKL's packed sgemm");
+  m.def("pack_linear_weight", &pack_linear_weight, "w [N, K] -> its MKL-packed form for packed_linear");
+  m.def("packed_linear", &packed_linear, "x @ w.T with w packed once by pack_linear_weight (fp32)");
   m.def("rope_inplace", &rope_inplace, "rotate-half RoPE in place on the leading heads of each row");
 }
