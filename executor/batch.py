@@ -42,12 +42,15 @@ def build_batch(work: Sequence[tuple[RequestState, int]], block_size: int,
     slot_mapping = block_tables[seq_index, positions // block_size] * block_size + positions % block_size
     is_sampling = seq_lens == np.fromiter((len(state.token_ids) for state, _ in work), np.int64, num_seqs)
     logits_indices = query_start_loc[1:][is_sampling] - 1
+    logits_query_start_loc = np.zeros(num_seqs + 1, np.int64)
+    np.cumsum(is_sampling, out=logits_query_start_loc[1:])
     inputs = BatchInputs(
         input_ids=_to(np.asarray(input_ids, np.int64), device),
         positions=_to(positions, device), slot_mapping=_to(slot_mapping.astype(np.int64), device),
         block_tables=_to(block_tables, device), seq_lens=_to(seq_lens.astype(np.int32), device),
         query_start_loc=_to(query_start_loc.astype(np.int32), device),
-        logits_indices=_to(logits_indices, device))
+        logits_indices=_to(logits_indices, device),
+        logits_query_start_loc=_to(logits_query_start_loc.astype(np.int32), device))
     states = [work[i][0] for i in np.flatnonzero(is_sampling)]
     return PreparedBatch(inputs, states)
 

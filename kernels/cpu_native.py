@@ -7,6 +7,8 @@
   layers of the fp32 CPU forward (executor/models/transformer.py), one pass each.
 - small_linear (csrc/small_linear_cpu.cpp): x @ w.T for 2-48 rows (decode steps of a few
   sequences), reading each weight once at memory speed where MKL's sgemm does not.
+- pack_linear_weight, packed_linear (csrc/packed_linear_cpu.cpp): x @ w.T for more rows with
+  the weight packed once for MKL's sgemm instead of on every call.
 
 They are compiled with torch's cpp_extension (needs a C++ compiler and ninja) once per source
 and CPU (see _build_dir); when that is impossible the torch forms stay the path (a warning says

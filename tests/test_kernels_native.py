@@ -1,7 +1,7 @@
 """The compiled CPU kernels equal their torch forms: decode attention equals the torch twin (the
 oracle) on decode-only and mixed batches, across block sizes, GQA groups, head sizes (64 and 128
 are compiled specially), odd lengths and fp32/fp16/bf16 caches; the fused RMSNorm, SiLU-and-mul
-and RoPE equal the model's torch forms; the small-M linear equals F.linear."""
+and RoPE equal the model's torch forms; the small-M and the packed linear equal F.linear."""
 import pytest
 import torch
 import torch.nn.functional as F

@@ -31,7 +31,9 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("fixture", ARCH_FIXTURES)
 def test_mixed_step_logits_match_transformers(fixture, request):
-    """One step: 3 prefills (crossing blocks; one on a prefix cached by an earlier step) + 5 decodes."""
+    """One step: 3 prefills (crossing blocks; one on a prefix cached by an earlier step) + 5 decodes.
+    The earlier step's donor chunk samples nothing, so its last layer only writes K/V (that
+    layer computes the logits rows alone): "c" reads them."""
     model_dir = request.getfixturevalue(fixture)
     runner = build_runner(EngineSettings(model_dir, num_device_blocks=64, block_size=BLOCK_SIZE))
     hf = load_hf_model(model_dir)

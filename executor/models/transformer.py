@@ -36,6 +36,9 @@ class BatchInputs(NamedTuple):
     seq_lens: Tensor         # int32 [S]: context length including this step's tokens
     query_start_loc: Tensor  # int32 [S + 1]
     logits_indices: Tensor   # int64 [N]: rows of the batch whose next-token logits are wanted
+    # int32 [S + 1]: query_start_loc when the logits rows (each the last row of its sequence)
+    # are the only queries: what the last layer computes attention for
+    logits_query_start_loc: Tensor
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -88,9 +91,13 @@ class CausalLM:
         x = self.weights.embed[batch.input_ids]
         cos = self.cos[batch.positions].to(x.dtype)   # [T, head_dim]
         sin = self.sin[batch.positions].to(x.dtype)
+        # Past the last layer's K/V only the logits rows matter: that layer's attention, o_proj
+        # and MLP run for them alone (in a prefill chunk, one row of hundreds).
+        num_layers = len(self.weights.layers)
         for index, layer in enumerate(self.weights.layers):
-            x = self._layer(layer, x, cos, sin, batch, kv_pool[:, index])
-        return self._norm(x[batch.logits_indices], self.weights.final_norm)
+            output_rows = batch.logits_indices if index == num_layers - 1 else None
+            x = self._layer(layer, x, cos, sin, batch, kv_pool[:, index], output_rows)
+        return self._norm(x, self.weights.final_norm)
 
     @torch.inference_mode()
     def logits(self, batch: BatchInputs, kv_pool: Tensor) -> Tensor:
@@ -117,7 +124,8 @@ class CausalLM:
         return self.ops.rms_norm(x, weight, self.config.rms_norm_eps)
 
     def _layer(self, layer: LayerWeights, x: Tensor, cos: Tensor, sin: Tensor,
-               batch: BatchInputs, layer_cache: Tensor) -> Tensor:
+               batch: BatchInputs, layer_cache: Tensor, output_rows: Tensor | None) -> Tensor:
+        """One decoder layer: K/V of every row written; the output rows of x (None: all) out."""
         config, ops = self.config, self.ops
         num_tokens, head_dim, eps = x.shape[0], config.head_dim, config.rms_norm_eps
         h = self._norm(x, layer.input_norm)
@@ -136,8 +144,12 @@ class CausalLM:
                 k = rms_norm(k, layer.k_norm, eps)
             q, k = apply_rope(q, cos[:, None], sin[:, None]), apply_rope(k, cos[:, None], sin[:, None])
         write_kv(layer_cache, k, v, batch.slot_mapping)
+        query_start_loc = batch.query_start_loc
+        if output_rows is not None:
+            q, x, query_start_loc = q[output_rows], x[output_rows], batch.logits_query_start_loc
+            num_tokens = x.shape[0]
         attn = paged_attention(q, layer_cache, batch.block_tables, batch.seq_lens,
-                               batch.query_start_loc, self.scale)
+                               query_start_loc, self.scale)
         attn_out = self._linear(attn.reshape(num_tokens, q_size), layer.o_proj, layer.o_bias)
         if ops is None:
             x = x + attn_out
