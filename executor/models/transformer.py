@@ -24,7 +24,7 @@ SMALL_LINEAR_ROWS = range(2, 49)
 # With the weights packed once for MKL (kernels/csrc/packed_linear_cpu.cpp) the gemm wins from
 # about 20 rows (1 thread, the 124M Llama's layer matrices, cold: M=16 60 vs 64 ms, M=24 68 vs
 # 64, M=32 89 vs 76, M=48 111 vs 92).
-SMALL_LINEAR_ROWS_BEFORE_PACKED = range(2, 21)
+SMALL_LINEAR_ROWS_WITH_PACKED = range(2, 21)
 
 
 class BatchInputs(NamedTuple):
@@ -83,7 +83,7 @@ class CausalLM:
         if self.ops is not None and self.ops.packed_linear_is_available():
             self.packed = {weight.data_ptr(): self.ops.pack_linear_weight(weight)
                            for weight in _projections(weights)}
-        self.small_linear_rows = SMALL_LINEAR_ROWS_BEFORE_PACKED if self.packed else SMALL_LINEAR_ROWS
+        self.small_linear_rows = SMALL_LINEAR_ROWS_WITH_PACKED if self.packed else SMALL_LINEAR_ROWS
 
     @torch.inference_mode()
     def hidden_states(self, batch: BatchInputs, kv_pool: Tensor) -> Tensor:

@@ -5,8 +5,10 @@
 // counts of a decode step that re-pack costs about as much as the multiply. Packing each weight
 // once at load (cblas_sgemm_pack) and multiplying with cblas_sgemm_compute skips it (1 thread,
 // the 124M Llama's 48 layer matrices, weights cold: M=64 124 -> 89 ms, M=128 198 -> 149 ms,
-// M=512 655 -> 615 ms, M=1000 1302 -> 1117 ms). One packed copy serves every M: the packed
-// layout of B does not depend on the row count it is packed for.
+// M=512 655 -> 615 ms, M=1000 1302 -> 1117 ms). One packed copy serves every M: MKL's size
+// query gives the same size whatever row count it is asked for, and a weight packed for 128
+// rows multiplies 1 to 1000 rows correctly (tests/test_kernels_native.py checks 1 to 515).
+// torch's own _mkl_linear uses its pack only when M equals the batch size it was packed for.
 //
 // The packed buffer: MKL's size query asks for 1.6-4.9x the weight's bytes, but the pack writes
 // only about 1.0x of them (the 124M Llama's shapes); the rest of the allocation is never
