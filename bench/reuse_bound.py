@@ -5,7 +5,8 @@
                                  --user-len, --output-len, --seed]
 
 The same sessions `strata bench --workload multiturn` sends (its own parser reads the workload
-flags, with its defaults), every output at its max_tokens. Per turn, the tokens computed before its first token under three regimes:
+flags, with its defaults), every output at its max_tokens. Per turn, the tokens computed before
+its first token under three regimes:
 - no-reuse: the whole prompt (`--no-prefix-caching`);
 - recompute: all but the shared system prompt's full blocks (the device prefix cache keeps the
   system prompt; the rest of the history was evicted, as when the KV working set is many times

@@ -5,8 +5,9 @@
   (three passes over the bytes). The native kernel reads K and V once, in place.
 - rms_norm, add_rms_norm, silu_and_mul, rope_inplace (csrc/cpu_ops.cpp): fused elementwise
   layers of the fp32 CPU forward (executor/models/transformer.py), one pass each.
-- small_linear (csrc/small_linear_cpu.cpp): x @ w.T for 2-48 rows (decode steps of a few
-  sequences), reading each weight once at memory speed where MKL's sgemm does not.
+- small_linear (csrc/small_linear_cpu.cpp): x @ w.T for 2-48 rows, 2-20 beside the packed gemm
+  (decode steps of a few sequences), reading each weight once at memory speed where MKL's sgemm
+  does not.
 - pack_linear_weight, packed_linear (csrc/packed_linear_cpu.cpp): x @ w.T for more rows with
   the weight packed once for MKL's sgemm instead of on every call.
 
