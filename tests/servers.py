@@ -49,6 +49,11 @@ class Server:
         return process
 
 
+# Servers compute in fp32 unless a test says otherwise (a later --dtype wins): the tests compare
+# tokens with transformers in fp32, and --dtype auto is bf16 on CPUs with AMX or AVX512-BF16.
+EXACT_DTYPE = ("--dtype", "float32")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -109,7 +114,7 @@ def start_daemons(model_dir: Path, *, num_device_blocks: int = 512, block_size: 
         processes.append(spawn(kvstore_argv, run_dir / "kvstore.log"))
         scheduler_args = ("--kvstore", kvstore_socket, *scheduler_args)
     processes.append(spawn(["executor", "--listen", f"unix:{socket_path}", "--model", str(model_dir),
-                            "--data-dir", str(run_dir / "data"), "--num-threads", "1",
+                            "--data-dir", str(run_dir / "data"), "--num-threads", "1", *EXACT_DTYPE,
                             "--num-device-blocks", str(num_device_blocks), "--block-size", str(block_size),
                             *executor_args], run_dir / "executor.log"))
     try:
@@ -129,7 +134,7 @@ def start_up(args: list[str], timeout_s: float = 180) -> Iterator[Server]:
     """`strata up ARGS` as one process (it starts and supervises its own children)."""
     run_dir = Path(tempfile.mkdtemp(prefix="st"))
     port = free_port()
-    process = spawn(["up", "--port", str(port), *args], run_dir / "up.log")
+    process = spawn(["up", "--port", str(port), *EXACT_DTYPE, *args], run_dir / "up.log")
     try:
         channel = wait_ready(f"127.0.0.1:{port}", [process], run_dir, timeout_s)
         yield Server(f"127.0.0.1:{port}", channel, generation_pb2_grpc.GenerationStub(channel),

@@ -23,7 +23,7 @@ from kvstore import daemon as kvstore_daemon
 from kvstore.service import SERVICE_NAME as KVSTORE_SERVICE
 from protos.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 from scheduler import daemon as scheduler_daemon
-from servers import free_port, logs, spawn, stop_processes
+from servers import EXACT_DTYPE, free_port, logs, spawn, stop_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("kvstore", "executor", "scheduler")   # compose's start order (depends_on)
@@ -158,7 +158,7 @@ def local_commands(services: dict, run_dir: Path, model_dir: Path,
     overrides = {"kvstore": {"--ram": "64MiB"}, "executor": {"--model": str(model_dir)},
                  "scheduler": {}}
     extra = {"kvstore": ["--shm-dir", str(run_dir / "shm")],
-             "executor": ["--num-device-blocks", "64", "--num-threads", "1"], "scheduler": []}
+             "executor": ["--num-device-blocks", "64", "--num-threads", "1", *EXACT_DTYPE], "scheduler": []}
     (run_dir / "shm").mkdir()
     return {name: localize(name, command(services, name), addresses, run_dir / name, overrides[name])
             + extra[name] for name in SERVICES}

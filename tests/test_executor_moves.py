@@ -14,7 +14,7 @@ BLOCK = 4
 
 @pytest.fixture
 def runner(llama_dir):
-    runner = build_runner(EngineSettings(llama_dir, num_device_blocks=16, block_size=BLOCK,
+    runner = build_runner(EngineSettings(llama_dir, dtype="float32", num_device_blocks=16, block_size=BLOCK,
                                          max_num_seqs=4, max_num_batched_tokens=64))
     yield runner
     runner.mover.close()

@@ -8,7 +8,7 @@ from checkpoints import load_hf_model, make_checkpoint
 
 from executor.engine import EngineSettings, build_runner
 from executor.errors import CheckpointError
-from executor.models import load_model
+from executor.models import load_model, loader
 from executor.plans import SimpleDriver, make_plan, new_request, running
 
 BLOCK_SIZE = 4
@@ -35,7 +35,7 @@ def test_mixed_step_logits_match_transformers(fixture, request):
     The earlier step's donor chunk samples nothing, so its last layer only writes K/V (that
     layer computes the logits rows alone): "c" reads them."""
     model_dir = request.getfixturevalue(fixture)
-    runner = build_runner(EngineSettings(model_dir, num_device_blocks=64, block_size=BLOCK_SIZE))
+    runner = build_runner(EngineSettings(model_dir, dtype="float32", num_device_blocks=64, block_size=BLOCK_SIZE))
     hf = load_hf_model(model_dir)
     decode_prompts = {f"d{i}": tokens(i, 3 + 4 * i) for i in range(5)}   # 3, 7, 11, 15, 19 tokens
     donor = tokens(10, 8)                                                 # two full blocks
@@ -61,7 +61,7 @@ def test_mixed_step_logits_match_transformers(fixture, request):
 @pytest.mark.parametrize("fixture", ARCH_FIXTURES)
 def test_greedy_48_tokens_match_generate(fixture, request):
     model_dir = request.getfixturevalue(fixture)
-    runner = build_runner(EngineSettings(model_dir, num_device_blocks=128, block_size=BLOCK_SIZE))
+    runner = build_runner(EngineSettings(model_dir, dtype="float32", num_device_blocks=128, block_size=BLOCK_SIZE))
     hf = load_hf_model(model_dir)
     prompts = {"x": tokens(3, 5), "y": tokens(2, 13)}  # tokens(1, 5) hits a one-token loop on qwen3
     driver = SimpleDriver(BLOCK_SIZE)
@@ -82,17 +82,24 @@ def test_llama3_rope_scaling_matches_transformers(tmp_path, tokenizer_dir):
     model_dir = make_checkpoint(tmp_path / "llama3", "llama", tokenizer_dir=tokenizer_dir, rope_scaling=rope)
     saved = json.loads((model_dir / "config.json").read_text())
     assert (saved.get("rope_parameters") or saved["rope_scaling"])["rope_type"] == "llama3"
-    runner = build_runner(EngineSettings(model_dir, num_device_blocks=64, block_size=BLOCK_SIZE))
+    runner = build_runner(EngineSettings(model_dir, dtype="float32", num_device_blocks=64, block_size=BLOCK_SIZE))
     prompt = tokens(3, 90)
     out = runner.step(make_plan(1, [new_request("r", prompt, list(range(23)))]))
     assert_close(out.logits[0], hf_next_logits(load_hf_model(model_dir), prompt))
 
 
-def test_bfloat16_checkpoint_computes_in_float32_on_cpu(tmp_path, tokenizer_dir):
+@pytest.mark.parametrize("flags, expected", [([], torch.float32), (["avx512_bf16"], torch.bfloat16),
+                                              (["amx_bf16", "avx512_bf16"], torch.bfloat16)])
+def test_auto_dtype_on_a_cpu_follows_its_bf16_flags_not_the_checkpoint(tmp_path, tokenizer_dir, monkeypatch,
+                                                                         flags, expected):
+    """bf16 where the CPU has AMX-BF16 or AVX512-BF16 (fast there), fp32 where bf16 is emulated;
+    an explicit --dtype wins either way."""
+    monkeypatch.setattr(loader, "bf16_flags", lambda: flags)
     model_dir = make_checkpoint(tmp_path / "bf16", "qwen2", tokenizer_dir=tokenizer_dir, dtype=torch.bfloat16)
     loaded = load_model(model_dir, "auto", "cpu")
-    assert loaded.config.torch_dtype == "bfloat16" and loaded.dtype == torch.float32
-    assert loaded.model.weights.layers[0].qkv.dtype == torch.float32
+    assert loaded.config.torch_dtype == "bfloat16" and loaded.dtype == expected
+    assert loaded.model.weights.layers[0].qkv.dtype == expected
+    assert load_model(model_dir, "float32", "cpu").dtype == torch.float32
 
 
 def test_sharded_checkpoint_loads_like_single_file(tmp_path, llama_dir):
