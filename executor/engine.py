@@ -48,6 +48,8 @@ def _describe_cpu_kernels(model) -> str:
         return "torch forms"
     # A packed weight [copies, N, K] is written in about its first N x K slab; the rest of the
     # allocation stays virtual (kernels/csrc/packed_linear_cpu.cpp).
+    if model.weights.embed.dtype != torch.float32:
+        return "native C++ (decode attention, fused norm/SiLU/RoPE); projections are oneDNN's (F.linear)"
     resident = sum(packed[0].numel() * packed.element_size() for packed in model.packed.values())
     packed = (f"; projections multiply by MKL-packed copies of their weights (~{resident / (1 << 20):.0f} MiB)"
               if model.packed else "; no MKL packed sgemm in this torch, projections use F.linear")
@@ -59,7 +61,7 @@ def build_runner(settings: EngineSettings) -> Runner:
     loaded = load_model(settings.model_dir, settings.dtype, device)
     kv_dtype = resolve_kv_dtype(settings.kv_cache_dtype, loaded.dtype)
     pool = KVPool(loaded.config, _num_blocks(settings, loaded, kv_dtype), settings.block_size, kv_dtype, device)
-    if device.type == "cpu" and loaded.dtype == torch.float32:   # the model built them on load
+    if device.type == "cpu":   # the model built them on load
         log.info("CPU kernels: %s", _describe_cpu_kernels(loaded.model))
     log.info("model %s (%s, %s on %s) loaded in %.2f s; KV pool %d blocks x %d tokens = %.1f MiB of %s",
              loaded.path, loaded.config.architecture, str(loaded.dtype).removeprefix("torch."), device,

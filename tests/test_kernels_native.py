@@ -90,33 +90,41 @@ def test_mixed_prefill_and_decode_batch_through_the_dispatcher():
 ops = native_ops()
 
 
-def test_fused_rms_norms_equal_the_torch_form():
+# bf16: the kernels compute in fp32 and round where torch's bf16 ops store; rsqrt vs 1/sqrt
+# and the order of the sum of squares may still move a value by one bf16 step.
+FUSED_DTYPES = [torch.float32, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", FUSED_DTYPES)
+def test_fused_rms_norms_equal_the_torch_form(dtype):
     generator = torch.Generator().manual_seed(7)
-    x, delta = torch.randn(37, 96, generator=generator), torch.randn(37, 96, generator=generator)
-    weight = torch.randn(96, generator=generator)
+    x, delta = torch.randn(37, 96, generator=generator).to(dtype), torch.randn(37, 96, generator=generator).to(dtype)
+    weight = torch.randn(96, generator=generator).to(dtype)
     torch.testing.assert_close(ops.rms_norm(x, weight, 1e-6), rms_norm(x, weight, 1e-6))
     residual = x.clone()
     normed = ops.add_rms_norm(residual, delta, weight, 1e-5)
-    torch.testing.assert_close(residual, x + delta)                  # updated in place
+    torch.testing.assert_close(residual, x + delta, rtol=0, atol=0)   # updated in place, rounded as torch
     torch.testing.assert_close(normed, rms_norm(x + delta, weight, 1e-5))
-    strided = torch.randn(5, 200, generator=generator)[:, :96]          # rows need not be dense
+    strided = torch.randn(5, 200, generator=generator).to(dtype)[:, :96]   # rows need not be dense
     torch.testing.assert_close(ops.rms_norm(strided, weight, 1e-6), rms_norm(strided, weight, 1e-6))
 
 
-def test_fused_silu_and_mul_equals_the_torch_form():
-    gate_up = torch.randn(19, 2 * 136, generator=torch.Generator().manual_seed(8)) * 4
+@pytest.mark.parametrize("dtype", FUSED_DTYPES)
+def test_fused_silu_and_mul_equals_the_torch_form(dtype):
+    gate_up = (torch.randn(19, 2 * 136, generator=torch.Generator().manual_seed(8)) * 4).to(dtype)
     gate, up = gate_up.chunk(2, dim=-1)
     torch.testing.assert_close(ops.silu_and_mul(gate_up), F.silu(gate) * up)
 
 
+@pytest.mark.parametrize("dtype", FUSED_DTYPES)
 @pytest.mark.parametrize("head_dim", [64, 32])
-def test_fused_rope_rotates_q_and_k_heads_in_place_and_leaves_v(head_dim):
+def test_fused_rope_rotates_q_and_k_heads_in_place_and_leaves_v(head_dim, dtype):
     num_tokens, num_heads, num_kv_heads = 11, 6, 2
     generator = torch.Generator().manual_seed(9)
     width = (num_heads + 2 * num_kv_heads) * head_dim
-    qkv = torch.randn(num_tokens, width, generator=generator)
+    qkv = torch.randn(num_tokens, width, generator=generator).to(dtype)
     angles = torch.rand(num_tokens, head_dim // 2, generator=generator) * 50
-    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    cos, sin = torch.cat([angles.cos()] * 2, -1).to(dtype), torch.cat([angles.sin()] * 2, -1).to(dtype)
     q, k, v = qkv.split([num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], -1)
     expected_q = apply_rope(q.reshape(num_tokens, num_heads, head_dim), cos[:, None], sin[:, None])
     expected_k = apply_rope(k.reshape(num_tokens, num_kv_heads, head_dim), cos[:, None], sin[:, None])
@@ -128,8 +136,10 @@ def test_fused_rope_rotates_q_and_k_heads_in_place_and_leaves_v(head_dim):
 
 
 def test_fused_layers_reject_what_they_cannot_compute():
-    with pytest.raises(RuntimeError, match="fp32 only"):
+    with pytest.raises(RuntimeError, match="fp32 or bf16 only"):
         ops.rms_norm(torch.randn(2, 8, dtype=torch.float64), torch.randn(8), 1e-6)
+    with pytest.raises(RuntimeError, match="every tensor must have x's dtype"):
+        ops.rms_norm(torch.randn(2, 8, dtype=torch.bfloat16), torch.randn(8), 1e-6)
     with pytest.raises(RuntimeError, match="heads exceed the row"):
         ops.rope_inplace(torch.randn(2, 64), torch.randn(2, 32), torch.randn(2, 32), 3, 32)
 

@@ -25,6 +25,8 @@ SMALL_LINEAR_ROWS = range(2, 49)
 # about 20 rows (1 thread, the 124M Llama's layer matrices, cold: M=16 60 vs 64 ms, M=24 68 vs
 # 64, M=32 89 vs 76, M=48 111 vs 92).
 SMALL_LINEAR_ROWS_WITH_PACKED = range(2, 21)
+# Compute dtypes of the fused norm / SiLU / RoPE kernels.
+NATIVE_DTYPES = (torch.float32, torch.bfloat16)
 
 
 class BatchInputs(NamedTuple):
@@ -74,13 +76,15 @@ class CausalLM:
         self.config, self.weights, self.device = config, weights, device
         self.cos, self.sin = rope_tables(config, device)
         self.scale = config.head_dim ** -0.5
-        # The fused C++ layers (kernels/csrc/cpu_ops.cpp) for the fp32 CPU forward, else None.
-        is_cpu_fp32 = device.type == "cpu" and weights.embed.dtype == torch.float32
-        self.ops = native_ops() if is_cpu_fp32 else None
-        self.is_small_linear = self.ops is not None and self.ops.small_linear_is_fast()
+        # The fused C++ layers (kernels/csrc/cpu_ops.cpp) for the fp32 or bf16 CPU forward, else None.
+        dtype = weights.embed.dtype
+        self.ops = native_ops() if device.type == "cpu" and dtype in NATIVE_DTYPES else None
+        # The native linears are fp32 (bf16 projections are oneDNN's, through F.linear).
+        is_native_fp32 = self.ops is not None and dtype == torch.float32
+        self.is_small_linear = is_native_fp32 and self.ops.small_linear_is_fast()
         # weight.data_ptr() -> the weight packed for MKL's sgemm; empty where there is no MKL.
         self.packed = {}
-        if self.ops is not None and self.ops.packed_linear_is_available():
+        if is_native_fp32 and self.ops.packed_linear_is_available():
             self.packed = {weight.data_ptr(): self.ops.pack_linear_weight(weight)
                            for weight in _projections(weights)}
         self.small_linear_rows = SMALL_LINEAR_ROWS_WITH_PACKED if self.packed else SMALL_LINEAR_ROWS
