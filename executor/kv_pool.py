@@ -27,7 +27,7 @@ class KVPool:
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int,
                  dtype: torch.dtype, device: torch.device):
         if num_blocks < 1:
-            raise ValueError(f"the KV pool needs at least one block, got {num_blocks}: raise --kv-cache-bytes")
+            raise ValueError(f"the KV pool needs at least one block, got {num_blocks}: raise --kv-cache-memory")
         self.num_blocks, self.block_size = num_blocks, block_size
         self.num_layers, self.num_kv_heads, self.head_dim = config.num_layers, config.num_kv_heads, config.head_dim
         self.dtype, self.device = dtype, device
@@ -61,7 +61,7 @@ def page_bytes_for(config: ModelConfig, block_size: int, dtype: torch.dtype) -> 
 
 
 def default_kv_bytes(device: torch.device) -> int:
-    """Bytes for the pool when neither --num-device-blocks nor --kv-cache-bytes is given."""
+    """Bytes for the pool when neither --num-device-blocks nor --kv-cache-memory is given."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         total = torch.cuda.get_device_properties(device).total_memory

@@ -21,7 +21,7 @@ from typing import Callable
 
 import grpc
 
-from executor.daemon import DTYPE_CHOICES   # torch-free: the executor imports torch late
+from executor.daemon import DTYPE_CHOICES, parse_bytes   # torch-free: the executor imports torch late
 from executor.default_model import default_data_dir
 from protos.v1 import generation_pb2, generation_pb2_grpc
 from scheduler.client import stream_completion
@@ -37,19 +37,24 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, help="save_pretrained directory (default: built-in model)")
     parser.add_argument("--host", default="127.0.0.1", help="public API bind address")
     parser.add_argument("--port", type=int, default=50051)
-    parser.add_argument("--num-device-blocks", type=int, help="KV blocks (default: from free memory)")
+    pool = parser.add_mutually_exclusive_group()
+    pool.add_argument("--num-device-blocks", type=int, help="KV blocks (default: from free memory)")
+    pool.add_argument("--kv-cache-memory", metavar="SIZE", type=parse_bytes,
+                      help="bytes of device KV pool, e.g. 64MiB or 2GiB (as vLLM's kv_cache_memory_bytes; "
+                           "default: from free memory)")
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="models, logs (default: $STRATA_DATA_DIR or ~/.cache/strata)")
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
-                        help="compute dtype (auto: fp32 on a CPU, the checkpoint's dtype on CUDA)")
+                        help="compute dtype (auto: the checkpoint's on CUDA; on a CPU bf16 where it "
+                             "has AMX-BF16 or AVX512-BF16, else fp32)")
     parser.add_argument("--kv-cache-dtype", default="auto", choices=DTYPE_CHOICES,
                         help="KV storage dtype on the device and in the kvstore (auto: the compute "
                              "dtype); 16-bit halves the KV bytes and rounds K/V")
     parser.add_argument("--max-num-batched-tokens", type=int)
     parser.add_argument("--max-num-seqs", type=int)
     parser.add_argument("--max-waiting", type=int, default=1024)
-    parser.add_argument("--num-threads", type=int, help="executor torch threads (default: CPU cores - 1)")
+    parser.add_argument("--num-threads", type=int, help="executor torch threads (default: every usable core)")
     tiers = parser.add_argument_group("kvstore (offloading and prefix reuse from RAM and disk)")
     tiers.add_argument("--no-kvstore", action="store_true",
                        help="no kvstore: device prefix cache only, preemption by recompute")
@@ -86,6 +91,7 @@ def child_specs(args: argparse.Namespace, run_dir: Path) -> list[ChildSpec]:
                  "--max-waiting", str(args.max_waiting)]
     # The scheduler takes its step limits from the executor's Describe: caps go there only.
     optional = {"--model": args.model, "--num-device-blocks": args.num_device_blocks,
+                "--kv-cache-memory": args.kv_cache_memory,
                 "--max-num-batched-tokens": args.max_num_batched_tokens,
                 "--max-num-seqs": args.max_num_seqs, "--num-threads": args.num_threads}
     for flag, value in optional.items():

@@ -108,3 +108,20 @@ def test_scheduler_refuses_no_prefix_caching_with_a_kvstore(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--executor", "unix:x", "--kvstore", "unix:y", "--no-prefix-caching"])
     assert "--no-prefix-caching turns off every KV reuse; drop it or drop --kvstore" in capsys.readouterr().err
+
+
+def test_kv_cache_memory_reaches_the_executor_in_bytes_and_excludes_a_block_count(tmp_path, capsys):
+    from scheduler.launcher import build_parser, child_specs
+
+    parser = build_parser("strata up")
+    args = parser.parse_args(["--data-dir", str(tmp_path), "--kv-cache-memory", "64MiB"])
+    args.data_dir = tmp_path
+    executor = next(spec.argv for spec in child_specs(args, tmp_path) if spec.name == "executor")
+    assert executor[executor.index("--kv-cache-memory") + 1] == str(64 << 20)
+    assert "--num-device-blocks" not in executor
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--kv-cache-memory", "64MiB", "--num-device-blocks", "8"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--kv-cache-memory", "lots"])
+    assert "not a byte size: 'lots'" in capsys.readouterr().err
