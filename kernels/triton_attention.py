@@ -1,13 +1,16 @@
-"""Triton body of paged_attention: varlen, paged, causal, GQA, online softmax in fp32.
+"""Triton paged_attention: varlen, paged, causal, GQA, online softmax in fp32.
 
-One program per (query token, KV head). It loads the query rows of the GROUP query heads that
-share the KV head, walks the sequence's block table up to the block holding the query's
-position, and keeps a running max / sum / accumulator (online softmax), so each K/V block is
-read once per (token, KV head) rather than once per query head.
+Two kernels over the same batch, each skipping the other's sequences (no device-to-host sync
+decides who runs what):
+- decode tokens (q_len 1), here: one program per (token, KV head). It loads the query rows of
+  the GROUP query heads that share the KV head, walks the sequence's block table and keeps a
+  running max / sum / accumulator, so each K/V block is read once per (token, KV head)
+  rather than once per query head.
 
-    grid = (num_tokens, num_kv_heads)
-    token t of sequence s sits at position p = seq_len[s] - (query_start_loc[s + 1] - t)
-    blocks 0 .. p // BLOCK_SIZE are visited; positions > p in the last block are masked
+      grid = (num_tokens, num_kv_heads)
+      token t of sequence s sits at position p = seq_len[s] - 1; blocks 0 .. p // BLOCK_SIZE
+
+- prefill chunks (q_len >= 2): query tiles with tensor-core dots, triton_prefill.py.
 """
 from __future__ import annotations
 
@@ -17,10 +20,11 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.checks import check_paged_attention
+from kernels.triton_prefill import launch_prefill
 
 
 @triton.jit
-def _paged_attention_kernel(
+def _decode_kernel(
     out_ptr, query_ptr, cache_ptr, block_tables_ptr, seq_lens_ptr, query_start_loc_ptr, token_seq_ptr,
     scale,
     stride_query_token, stride_query_head, stride_out_token, stride_out_head,
@@ -31,8 +35,10 @@ def _paged_attention_kernel(
     token = tl.program_id(0)
     kv_head = tl.program_id(1)
     seq = tl.load(token_seq_ptr + token)
-    query_end = tl.load(query_start_loc_ptr + seq + 1)
-    position = tl.load(seq_lens_ptr + seq) - (query_end - token)
+    query_start = tl.load(query_start_loc_ptr + seq)
+    if tl.load(query_start_loc_ptr + seq + 1) - query_start != 1:
+        return   # a prefill token: the tiled kernel's
+    position = tl.load(seq_lens_ptr + seq) - 1
 
     groups = tl.arange(0, GROUP_PAD)
     dims = tl.arange(0, HEAD_DIM_PAD)
@@ -73,16 +79,29 @@ def paged_attention_triton(
     query: Tensor, layer_cache: Tensor, block_tables: Tensor, seq_lens: Tensor,
     query_start_loc: Tensor, scale: float,
 ) -> Tensor:
+    """kernels.paged_attention's contract, on CUDA (or CPU tensors under TRITON_INTERPRET=1)."""
     check_paged_attention(query, layer_cache, block_tables, seq_lens, query_start_loc)
     assert block_tables.stride(1) == 1, "block_tables rows must be contiguous"
+    assert seq_lens.stride(0) == 1 and query_start_loc.stride(0) == 1, "seq_lens, query_start_loc must be contiguous"
     query = query if query.stride(2) == 1 else query.contiguous()
+    block_size = layer_cache.shape[2]
+    assert block_size & (block_size - 1) == 0, f"block_size must be a power of two, got {block_size}"
+    out = torch.empty_like(query)
+    if query.shape[0] == 0:
+        return out
+    launch_decode(out, query, layer_cache, block_tables, seq_lens, query_start_loc, scale)
+    launch_prefill(out, query, layer_cache, block_tables, seq_lens, query_start_loc, scale)
+    return out
+
+
+def launch_decode(
+    out: Tensor, query: Tensor, layer_cache: Tensor, block_tables: Tensor, seq_lens: Tensor,
+    query_start_loc: Tensor, scale: float,
+) -> None:
+    """Write out's rows of every sequence with q_len 1; the caller checked the inputs."""
     num_tokens, num_heads, head_dim = query.shape
     _, _, block_size, num_kv_heads, _ = layer_cache.shape
-    assert block_size & (block_size - 1) == 0, f"block_size must be a power of two, got {block_size}"
     group = num_heads // num_kv_heads
-    out = torch.empty_like(query)
-    if num_tokens == 0:
-        return out
     num_seqs = seq_lens.shape[0]
     # output_size keeps repeat_interleave free of a device-to-host sync.
     token_seq = torch.repeat_interleave(
@@ -90,7 +109,7 @@ def paged_attention_triton(
         (query_start_loc[1:] - query_start_loc[:-1]).long(), output_size=num_tokens,
     )
     grid = (num_tokens, num_kv_heads)
-    _paged_attention_kernel[grid](
+    _decode_kernel[grid](
         out, query, layer_cache, block_tables, seq_lens, query_start_loc, token_seq,
         scale,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
@@ -99,4 +118,3 @@ def paged_attention_triton(
         GROUP=group, GROUP_PAD=triton.next_power_of_2(group), BLOCK_SIZE=block_size,
         HEAD_DIM_PAD=triton.next_power_of_2(head_dim),
     )
-    return out

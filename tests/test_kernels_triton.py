@@ -8,6 +8,7 @@ import torch
 
 from kernels import paged_attention_torch, paged_attention_triton, write_kv_torch, write_kv_triton
 from kernels.testing import PagedBatch, make_paged_batch, to_device
+from kernels.triton_prefill import prefill_tile
 
 # Tiny on purpose: the interpreter runs each program in numpy, 1,600-5,000x slower than torch.
 # (context_len, num_queries): prefill, chunk after a prefix, decodes, odd and boundary lengths.
@@ -28,6 +29,21 @@ def run_attention(batch: PagedBatch, attention) -> torch.Tensor:
 def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     error = (actual.float() - expected.float()).abs().max().item()
     return error / max(expected.float().abs().max().item(), 1.0)
+
+
+def prefill_specs(block_m: int) -> list[tuple[int, int]]:
+    """(context_len, num_queries) around one tile of block_m queries: a prefill of two tiles and
+    a bit, a chunk of one tile and a bit after a cached prefix, two queries, a prefill shorter
+    than a tile, decodes, and sequences with no queries (first, and with a cached context)."""
+    return [(0, 0), (2 * block_m + 5, 2 * block_m + 5), (1, 1), (block_m + 40, block_m + 3), (9, 0),
+            (33, 1), (block_m + 2, 2), (7, 7)]
+
+
+def written_by_twin(batch: PagedBatch) -> PagedBatch:
+    """The batch with this step's K/V written by the twin (the interpreter's bf16 rounding
+    differs from CUDA's, so a bf16 cache is not written by write_kv_triton here)."""
+    write_kv_torch(batch.layer_cache, batch.key, batch.value, batch.slot_mapping)
+    return batch
 
 
 def written_batches(batch: PagedBatch) -> tuple[PagedBatch, PagedBatch]:
@@ -112,6 +128,41 @@ def test_paged_attention_triton_accepts_int64_metadata_and_empty_batch():
     assert empty.shape == (0, 4, 16)
 
 
+@needs_interpreter
+@pytest.mark.parametrize("block_size", [8, 16, 32])
+@pytest.mark.parametrize("heads", list(HEAD_SHAPES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [16, 32])
+def test_prefill_tiles_match_twin(block_size, heads, dtype, head_dim):
+    num_heads, num_kv_heads = HEAD_SHAPES[heads]
+    block_m = prefill_tile(num_heads // num_kv_heads, head_dim).block_m
+    batch = written_by_twin(make_paged_batch(
+        prefill_specs(block_m), block_size=block_size, num_heads=num_heads, num_kv_heads=num_kv_heads,
+        head_dim=head_dim, dtype=dtype, seed=block_size,
+    ))
+    expected = run_attention(batch, paged_attention_torch)
+    actual = run_attention(batch, paged_attention_triton)
+    assert actual.dtype == dtype
+    # bf16: both round the same fp32 result, a rounding boundary apart at most.
+    assert max_relative_error(actual, expected) <= (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("head_dim", [16, 32])
+def test_prefill_tiles_of_many_sequences_find_their_sequence(head_dim):
+    # Tiles are numbered qsl[s] // BLOCK_M + s: many short chunks at unaligned starts, with
+    # decodes and empty sequences between them, exercise the binary search on every boundary.
+    generator = torch.Generator().manual_seed(head_dim)
+    num_queries = torch.randint(0, 40, (24,), generator=generator).tolist()
+    prefix = torch.randint(0, 20, (24,), generator=generator).tolist()
+    specs = [(n + p, n) for n, p in zip(num_queries, prefix)]
+    batch = written_by_twin(make_paged_batch(specs, block_size=8, num_heads=8, num_kv_heads=1,
+                                             head_dim=head_dim, seed=head_dim))
+    assert prefill_tile(8, head_dim).block_m == 16
+    expected = run_attention(batch, paged_attention_torch)
+    assert max_relative_error(run_attention(batch, paged_attention_triton), expected) <= 1e-5
+
+
 @needs_cuda
 @pytest.mark.parametrize("block_size", [8, 16, 32])
 @pytest.mark.parametrize("heads", list(HEAD_SHAPES))
@@ -125,3 +176,17 @@ def test_paged_attention_triton_matches_twin_bf16_on_gpu(block_size, heads):
     actual = run_attention(by_triton, paged_attention_triton)
     assert actual.dtype == torch.bfloat16
     assert max_relative_error(actual, expected) <= 2e-2
+
+
+@needs_cuda
+@pytest.mark.parametrize("cache_dtype, tolerance", [(torch.bfloat16, 2e-2), (torch.float32, 1e-4)])
+def test_prefill_tiles_match_twin_at_serving_shapes_on_gpu(cache_dtype, tolerance):
+    # 32 query heads / 8 KV heads, head_dim 128: a long prefill, a chunk after a long prefix, decodes.
+    specs = [(1000, 1000), (3000, 517), (1, 1), (2048, 1), (0, 0), (130, 130)]
+    batch = make_paged_batch(specs, block_size=16, num_heads=32, num_kv_heads=8, head_dim=128,
+                             num_layers=1, layer=0, dtype=cache_dtype, device="cuda")
+    written_by_twin(batch)
+    expected = run_attention(batch, paged_attention_torch)
+    actual = run_attention(batch, paged_attention_triton)
+    assert actual.dtype == cache_dtype
+    assert max_relative_error(actual, expected) <= tolerance
