@@ -68,7 +68,9 @@ def build_runner(settings: EngineSettings) -> Runner:
              loaded.load_seconds, pool.num_blocks, pool.block_size,
              pool.num_blocks * pool.page_bytes / (1 << 20), str(kv_dtype).removeprefix("torch."))
     budget = settings.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS.get(device.type, 4096)
-    return Runner(loaded, pool, budget, settings.max_num_seqs)
+    runner = Runner(loaded, pool, budget, settings.max_num_seqs)
+    log.info("warm-up forward (prefill + decode) in %.2f s", runner.warm_up())
+    return runner
 
 
 def resolve_kv_dtype(name: str, model_dtype: torch.dtype) -> torch.dtype:

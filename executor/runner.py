@@ -4,12 +4,14 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 from executor.batch import build_batch
 from executor.kv_pool import KVPool
 from executor.errors import PlanError
 from executor.models.loader import LoadedModel
+from executor.models.transformer import BatchInputs
 from executor.page_mover import PageMover
 from executor.request_state import Limits, RequestState, ScheduledRequest, check_plan
 from executor.sampler import RowContext, sample
@@ -33,6 +35,28 @@ class Runner:
                              max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs)
         self.requests: dict[str, RequestState] = {}
         self.mover = PageMover(pool)
+
+    def warm_up(self) -> float:
+        """One prefill and one decode forward on block 0 before the first request (oneDNN builds
+        its primitives, the allocator its pools, on a first call: the first real step took ~1.3 s
+        instead of ~30 ms). Writes K/V only into block 0, which no request owns yet. Returns
+        the seconds it took."""
+        start = time.perf_counter()
+        length = min(self.pool.block_size, self.limits.max_model_len)
+        device = self.loaded.device
+        for num_tokens in (length, 1):
+            batch = BatchInputs(
+                input_ids=torch.zeros(num_tokens, dtype=torch.int64, device=device),
+                positions=torch.arange(num_tokens, device=device),
+                slot_mapping=torch.arange(num_tokens, device=device),
+                block_tables=torch.zeros((1, 1), dtype=torch.int32, device=device),
+                seq_lens=torch.tensor([num_tokens], dtype=torch.int32, device=device),
+                query_start_loc=torch.tensor([0, num_tokens], dtype=torch.int32, device=device),
+                logits_indices=torch.tensor([num_tokens - 1], device=device),
+                logits_query_start_loc=torch.tensor([0, 1], dtype=torch.int32, device=device))
+            self.loaded.model.logits(batch, self.pool.tensor)
+        self.pool.tensor[0].zero_()
+        return time.perf_counter() - start
 
     def reset(self) -> int:
         """Forget every request; wait for moves in flight (returns how many there were)."""

@@ -35,9 +35,12 @@ _lock = threading.Lock()
 
 
 def _build_name() -> str:
-    """Compiler flags, sources and CPU flags in the name: -march=native code must not run on
-    another CPU, and a flag change must rebuild."""
-    digest = hashlib.sha256(" ".join(CFLAGS).encode())
+    """Compiler flags, sources, torch's version and CPU flags in the name: -march=native code
+    must not run on another CPU, a module built against another torch must not load, and a
+    flag change must rebuild."""
+    import torch
+
+    digest = hashlib.sha256(" ".join([*CFLAGS, torch.__version__]).encode())
     for source in SOURCES:
         digest.update(source.read_bytes())
     try:
@@ -76,18 +79,36 @@ def native_ops():
             _is_tried = True
             return None
         try:
-            from torch.utils.cpp_extension import load
-
-            name = _build_name()
-            build_dir = _build_dir() / name
-            build_dir.mkdir(exist_ok=True)
-            log.info("loading the native CPU kernels (the first build takes about a minute)")
-            _module = load(name=name, sources=[str(source) for source in SOURCES],
-                           build_directory=str(build_dir),
-                           extra_cflags=CFLAGS,
-                           verbose=False)
+            _module = _load_or_build()
         except Exception as error:  # noqa: BLE001 - the torch forms remain a correct path
             log.warning("native CPU kernels unavailable (%s); using the torch forms", error)
             _module = None
         _is_tried = True
     return _module
+
+
+def _load_or_build():
+    """Import the module built for exactly these sources, flags, torch and CPU (its name says
+    so) without asking ninja (about a second of start-up); build it first when it is missing."""
+    import importlib.machinery
+    import importlib.util
+
+    name = _build_name()
+    build_dir = _build_dir() / name
+    built = build_dir / f"{name}.so"
+    if built.is_file():
+        log.info("loading the native CPU kernels %s", name)
+        try:
+            loader = importlib.machinery.ExtensionFileLoader(name, str(built))
+            spec = importlib.util.spec_from_file_location(name, built, loader=loader)
+            module = importlib.util.module_from_spec(spec)
+            loader.exec_module(module)
+            return module
+        except ImportError as error:   # e.g. a build that died half-way: build again below
+            log.warning("cannot import %s (%s); rebuilding it", built, error)
+    from torch.utils.cpp_extension import load
+
+    build_dir.mkdir(exist_ok=True)
+    log.info("building the native CPU kernels %s (about a minute, once per machine)", name)
+    return load(name=name, sources=[str(source) for source in SOURCES], build_directory=str(build_dir),
+                extra_cflags=CFLAGS, verbose=False)

@@ -82,7 +82,7 @@ def default_disk_tier_bytes(data_dir: Path) -> int:
 
 
 def child_specs(args: argparse.Namespace, run_dir: Path) -> list[ChildSpec]:
-    """Start order: the kvstore first (the executor maps its arena), the scheduler last."""
+    """Readiness order: the kvstore, the executor (it maps the kvstore's arena), the scheduler."""
     executor_socket = f"unix:{run_dir / 'executor.sock'}"
     executor = ["executor", "--listen", executor_socket, "--data-dir", str(args.data_dir),
                 "--block-size", str(args.block_size), "--dtype", args.dtype,
@@ -133,8 +133,7 @@ def serve(args: argparse.Namespace, on_ready: Callable[[str, threading.Event, Su
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        for spec in child_specs(args, run_dir):
-            supervisor.start(spec, stop.is_set)
+        supervisor.start(child_specs(args, run_dir), stop.is_set)
         address = f"{args.host}:{args.port}"
         print(f"strata serving on {address}", flush=True)
         return on_ready(address, stop, supervisor)

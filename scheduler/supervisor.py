@@ -1,4 +1,4 @@
-"""Child daemons of `strata up`: start in order, wait for readiness, restart with backoff, stop.
+"""Child daemons of `strata up`: start together, wait for readiness, restart with backoff, stop.
 
 Each child is a `strata <daemon> ...` process in its own session (Ctrl-C reaches only the
 launcher, which then stops the children in reverse start order: SIGTERM, then SIGKILL after a
@@ -57,12 +57,17 @@ class Supervisor:
     log_dir: Path
     children: list[Child] = field(default_factory=list)
 
-    def start(self, spec: ChildSpec, should_stop=lambda: False) -> None:
-        """Spawn one child and block until it is ready (raises RuntimeError if it dies first)."""
-        child = Child(spec, self.log_dir / f"{spec.name}.log")
-        self.children.append(child)
-        self._spawn(child)
-        self._wait_ready(child, should_stop)
+    def start(self, specs: list[ChildSpec], should_stop=lambda: False) -> None:
+        """Spawn every child at once, then block until each is ready, in order (RuntimeError if
+        one dies first). Each waits for what it needs by itself (the scheduler retries the
+        executor and the kvstore), so their start-ups overlap: torch's import and the model
+        load in the executor, the tokenizer in the scheduler, the arena in the kvstore."""
+        started = [Child(spec, self.log_dir / f"{spec.name}.log") for spec in specs]
+        self.children.extend(started)
+        for child in started:
+            self._spawn(child)
+        for child in started:
+            self._wait_ready(child, should_stop)
 
     def _spawn(self, child: Child) -> None:
         log_file = open(child.log_path, "ab")
