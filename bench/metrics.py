@@ -154,6 +154,14 @@ def ttft_by_turn(traces: list[RequestTrace]) -> dict[str, dict[str, float] | Non
                             for v in [ttft_s(t)] if v is not None]) for turn in turns}
 
 
+def turn_wall_metrics(turn_wall_s: list[float]) -> dict:
+    """Each turn's wall time (a run where turn t of every session starts together once turn t-1
+    has ended) and `later_turns_wall_s`, the sum over turns 2..T (None with one turn): the
+    turns that can reuse earlier turns' KV."""
+    return {"turn_wall_s": list(turn_wall_s),
+            "later_turns_wall_s": sum(turn_wall_s[1:]) if len(turn_wall_s) > 1 else None}
+
+
 def run_metrics(traces: list[RequestTrace], duration_s: float, slo: Slo | None) -> dict:
     """Every client-side metric of one run (the JSON per configuration, minus server stats)."""
     metrics = {"num_completed": sum(t.is_ok for t in traces),

@@ -52,6 +52,9 @@ def parser() -> argparse.ArgumentParser:
                          help="Poisson sessions/s; 'inf' = all at once; '1,2,4' sweeps the rates")
     arrival.add_argument("--max-concurrency", type=int, help="most requests in flight")
     arrival.add_argument("--request-timeout", type=float, default=3600.0, help="seconds per request")
+    arrival.add_argument("--turn-barrier", action="store_true",
+                         help="turn t of every session starts together, after all of turn t-1 "
+                              "ended; reports each turn's wall time (needs --request-rate inf)")
     out = p.add_argument_group("baseline and output")
     out.add_argument("--baseline", choices=["hf"], help="also run transformers static batching")
     out.add_argument("--hf-batch-size", type=int, default=16)
@@ -81,6 +84,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         args.configs = server_configs(args, extra)
     except ValueError as error:
         p.error(str(error))
+    if args.turn_barrier and args.rates != [float("inf")]:
+        p.error("--turn-barrier starts each turn of every session together: it needs --request-rate inf")
     return args, extra
 
 

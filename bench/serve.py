@@ -53,6 +53,13 @@ def _rate_name(config_name: str, rate: float, num_rates: int) -> str:
     return config_name if num_rates == 1 else f"{config_name}@{rate:g}rps"
 
 
+def _drive(args, sessions: list[Session], offsets: list[float]):
+    """How the load generator runs the sessions: turn by turn (--turn-barrier) or as they arrive."""
+    if args.turn_barrier:
+        return lambda generator: generator.run_turn_by_turn(sessions)
+    return lambda generator: generator.run(sessions, offsets)
+
+
 async def _run_config(args, prompts: SharedPrompts, config: options.ServerConfig, target: str,
                       server: ServerProcess | None) -> list[report.ConfigResult]:
     sessions = prompts.sessions_for(await get_model_info(target))
@@ -60,8 +67,9 @@ async def _run_config(args, prompts: SharedPrompts, config: options.ServerConfig
     for rate in args.rates:
         name = _rate_name(config.name, rate, len(args.rates))
         offsets = arrival_offsets(len(sessions), rate, args.seed)
+        drive = _drive(args, sessions, offsets)
         with tqdm(total=prompts.num_requests, desc=name, unit="req", disable=args.no_progress) as bar:
-            run = await run_workload(target, sessions, offsets, args.max_concurrency,
+            run = await run_workload(target, drive, args.max_concurrency,
                                      lambda: bar.update(1), tag=name, request_timeout_s=args.request_timeout)
         prompts.first_run = prompts.first_run or run
         results.append(_result(args, name, config, rate, run, server))
@@ -71,6 +79,8 @@ async def _run_config(args, prompts: SharedPrompts, config: options.ServerConfig
 def _result(args, name, config, rate, run: RunResult, server) -> report.ConfigResult:
     values = metrics.run_metrics(run.traces, run.duration_s, args.slo_bounds)
     values.update(server_stats.server_metrics(run.stats_before, run.stats_after))
+    if run.turn_wall_s is not None:
+        values.update(metrics.turn_wall_metrics(run.turn_wall_s))
     settings = {"config": config.name, "server_args": config.server_args,
                 "server_target": None if server else args.server, "request_rate": rate,
                 "max_concurrency": args.max_concurrency,
@@ -116,7 +126,7 @@ def header(args, argv: list[str], prompts: SharedPrompts) -> dict:
     workload = {key: getattr(args, key) for key in (
         "workload", "seed", "num_prompts", "input_len", "output_len", "sessions", "turns",
         "system_len", "user_len", "docs", "doc_len", "questions", "question_len", "prefix_len",
-        "suffix_len", "request_rate", "max_concurrency", "slo")}
+        "suffix_len", "request_rate", "max_concurrency", "turn_barrier", "slo")}
     workload["num_requests"] = prompts.num_requests
     return {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": ["strata", "bench", *argv], "workload": workload,
