@@ -136,6 +136,18 @@ def throughput_metrics(traces: list[RequestTrace], duration_s: float) -> dict[st
     }
 
 
+def offline_metrics(num_requests: int, num_input: int, num_output: int, duration_s: float) -> dict:
+    """The throughput fields of a baseline that sees no stream (a whole batch returns at
+    once): latencies are not observable and are None."""
+    return {"num_completed": num_requests, "num_failed": 0, "duration_s": duration_s,
+            "request_throughput_req_s": num_requests / duration_s,
+            "input_throughput_tok_s": num_input / duration_s,
+            "output_throughput_tok_s": num_output / duration_s,
+            "total_throughput_tok_s": (num_input + num_output) / duration_s,
+            "num_input_tokens": num_input, "num_output_tokens": num_output,
+            "ttft_ms": None, "tpot_ms": None, "itl_ms": None, "e2e_latency_ms": None}
+
+
 def cached_token_fraction(traces: list[RequestTrace]) -> float | None:
     """Prompt tokens served from a cache (Usage.cached_tokens) over all prompt tokens."""
     ok = [t for t in traces if t.is_ok]

@@ -91,15 +91,14 @@ def ratios(metrics: dict, reference: dict) -> dict[str, float | None]:
     return result
 
 
-def attach_ratios(results: list[ConfigResult], baseline: ConfigResult | None) -> None:
-    """Adds `ratios` to every result: vs the first configuration and vs the baseline."""
+def attach_ratios(results: list[ConfigResult], baselines: list[ConfigResult]) -> None:
+    """Adds `ratios` to every result and baseline: vs the first configuration, then vs each
+    baseline in order."""
     if not results:
         return
-    first = results[0]
-    for result in results + ([baseline] if baseline else []):
-        result.metrics["ratios"] = {f"vs_{first.name}": ratios(result.metrics, first.metrics)}
-        if baseline is not None:
-            result.metrics["ratios"][f"vs_{baseline.name}"] = ratios(result.metrics, baseline.metrics)
+    for result in results + baselines:
+        result.metrics["ratios"] = {f"vs_{reference.name}": ratios(result.metrics, reference.metrics)
+                                    for reference in [results[0], *baselines]}
 
 
 def _ratio_rows(results: list[ConfigResult]) -> list[list[str]]:
@@ -133,12 +132,11 @@ def _jsonable(value):
     return value
 
 
-def document(results: list[ConfigResult], baseline: ConfigResult | None, header: dict) -> dict:
+def document(results: list[ConfigResult], baselines: list[ConfigResult], header: dict) -> dict:
     """The --json document: header (command, workload, versions, machine, threads) plus
-    `configurations` {name: settings + metrics} and `baselines` {name: metrics}."""
-    configurations = {r.name: {**r.settings, **r.metrics} for r in results}
-    baselines = {} if baseline is None else {baseline.name: {**baseline.settings, **baseline.metrics}}
-    return _jsonable({**header, "configurations": configurations, "baselines": baselines})
+    `configurations` and `baselines`, each {name: settings + metrics}."""
+    return _jsonable({**header, "configurations": {r.name: {**r.settings, **r.metrics} for r in results},
+                      "baselines": {b.name: {**b.settings, **b.metrics} for b in baselines}})
 
 
 def write_json(path: str, content: dict) -> None:
