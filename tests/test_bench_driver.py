@@ -164,7 +164,7 @@ def test_turn_barrier_starts_each_turn_after_every_session_ended_the_last(script
     assert len(run.turn_wall_s) == 3 and sum(run.turn_wall_s) <= run.duration_s
     for turn, wall in enumerate(run.turn_wall_s):
         span = (max(t.response_times[-1] for t in by_turn[turn]) - min(t.send_time for t in by_turn[turn]))
-        assert span <= wall < span + 0.05
+        assert span <= wall < span + 0.25   # the gather returns right after the last stream ends
     assert len(servicer.prompts) == 9
 
 
