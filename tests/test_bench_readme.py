@@ -42,7 +42,7 @@ def test_table_shows_every_side_its_ratios_and_the_cpu_flags():
 
 
 def test_every_side_gets_the_same_kv_bytes_and_dtypes_follow_the_cpu():
-    assert dtypes({"avx2"}) == ["float32"] and dtypes({"amx_bf16"}) == ["float32", "bfloat16"]
+    assert dtypes({"avx2"}) == ["float32"] and dtypes({"amx_bf16"}) == ["bfloat16", "float32"]
     # 100m: 12 layers x K,V x 4 KV heads x 64 x 16 tokens = 384 KiB a block in fp32
     assert device_blocks(64 << 20, "float32") == 170 and device_blocks(64 << 20, "bfloat16") == 341
     argv = multiturn_argv(["float32", "bfloat16"])
