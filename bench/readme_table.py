@@ -32,8 +32,8 @@ KV_BUDGET_BYTES = 64 << 20
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 SHORT = {"float32": "fp32", "bfloat16": "bf16"}
 
-# Smaller than the issue-scale random run (128 prompts), so the whole command stays near 20
-# minutes on a 2-core machine: the transformers baseline alone is ~3 minutes of it.
+# Smaller than the issue-scale random run (128 prompts): on a 2-core machine the transformers
+# baseline alone is ~3 minutes of it, and each vLLM run starts in ~50 s before it generates.
 RANDOM = ["--workload", "random", "--num-prompts", "48", "--input-len", "64:512",
           "--output-len", "16:256", "--num-device-blocks", "6144", "--baseline", "vllm", "hf",
           "--hf-batch-size", "16", "--hf-threads", str(NUM_CPUS), "--num-threads", str(NUM_CPUS)]
