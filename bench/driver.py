@@ -3,9 +3,12 @@ streamed response's arrival time (bench.metrics.RequestTrace).
 
 Sessions start at their arrival offsets; the turns of one session run one after another (turn
 t+1 is sent when turn t's stream ends, with the returned ids appended to its prompt); sessions
-run concurrently. --max-concurrency caps the requests in flight (a semaphore around each
-request, not each session). Requests are greedy (temperature 0), `ignore_eos` with exact
-`max_tokens`, so every run of a workload sends the same token ids.
+run concurrently. With --turn-barrier (`run_turn_by_turn`) turn t of every session starts
+together once every session's turn t-1 has ended, and each turn's wall time is recorded (what
+an offline engine given one batch per turn is measured on). --max-concurrency caps the
+requests in flight (a semaphore around each request, not each session). Requests are greedy
+(temperature 0), `ignore_eos` with exact `max_tokens`, so every run of a workload sends the
+same token ids.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable
 
 import grpc
 
@@ -39,6 +42,7 @@ class RunResult:
     duration_s: float
     stats_before: generation_pb2.Stats | None
     stats_after: generation_pb2.Stats | None
+    turn_wall_s: list[float] | None = None   # per turn index, when run turn by turn
 
     @property
     def traces(self) -> list[RequestTrace]:
@@ -79,6 +83,7 @@ class LoadGenerator:
         self.on_request_done = on_request_done
         self.tag = tag
         self.sent: list[SentRequest] = []
+        self.turn_wall_s: list[float] | None = None
 
     async def run(self, sessions: list[Session], offsets: list[float]) -> float:
         """Run every session to its end; returns the wall time in seconds."""
@@ -87,20 +92,43 @@ class LoadGenerator:
                                for i, (s, o) in enumerate(zip(sessions, offsets))))
         return time.perf_counter() - start
 
+    async def run_turn_by_turn(self, sessions: list[Session]) -> float:
+        """Run turn t of every session together, after all of turn t-1 ended; a session whose
+        turn failed sends no more. Returns the wall time; each turn's is in self.turn_wall_s."""
+        start = time.perf_counter()
+        histories: list[list[int] | None] = [list(s.prefix_ids) for s in sessions]
+        self.turn_wall_s = []
+        for turn_index in range(max(len(s.turns) for s in sessions)):
+            live = [i for i, s in enumerate(sessions) if turn_index < len(s.turns) and histories[i] is not None]
+            turn_start = time.perf_counter()
+            ended = await asyncio.gather(*(self._turn(i, sessions[i], turn_index, histories[i]) for i in live))
+            self.turn_wall_s.append(time.perf_counter() - turn_start)
+            for i, history in zip(live, ended):
+                histories[i] = history
+        return time.perf_counter() - start
+
     async def _session(self, index: int, session: Session, start_at: float) -> None:
         await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
         history = list(session.prefix_ids)
-        for turn_index, turn in enumerate(session.turns):
-            prompt = history + turn.user_ids
-            request = SentRequest(prompt, turn.max_tokens, RequestTrace(0.0, num_prompt_tokens=len(prompt),
-                                                                        turn=turn_index))
-            self.sent.append(request)
-            await self._send(f"bench-{self.tag}-{index}-{turn_index}", request)
-            self.on_request_done()
-            if not request.trace.is_ok:
-                self._fail_rest(session, turn_index + 1, request.trace.error)
+        for turn_index in range(len(session.turns)):
+            history = await self._turn(index, session, turn_index, history)
+            if history is None:
                 return
-            history = prompt + request.output_ids
+
+    async def _turn(self, index: int, session: Session, turn_index: int, history: list[int]) -> list[int] | None:
+        """Send one turn; the history for the next turn, or None when this one failed (the
+        session's remaining turns are then recorded as failed)."""
+        turn = session.turns[turn_index]
+        prompt = history + turn.user_ids
+        request = SentRequest(prompt, turn.max_tokens, RequestTrace(0.0, num_prompt_tokens=len(prompt),
+                                                                    turn=turn_index))
+        self.sent.append(request)
+        await self._send(f"bench-{self.tag}-{index}-{turn_index}", request)
+        self.on_request_done()
+        if not request.trace.is_ok:
+            self._fail_rest(session, turn_index + 1, request.trace.error)
+            return None
+        return prompt + request.output_ids
 
     def _fail_rest(self, session: Session, first_turn: int, reason: str | None) -> None:
         for turn_index in range(first_turn, len(session.turns)):
@@ -131,15 +159,16 @@ def _apply_final(trace: RequestTrace, response: generation_pb2.GenerateResponse)
         trace.error = "server aborted the request (FINISH_REASON_ABORT)"
 
 
-async def run_workload(target: str, sessions: list[Session], offsets: list[float],
+async def run_workload(target: str, drive: Callable[[LoadGenerator], Awaitable[float]],
                        max_concurrency: int | None, on_request_done: Callable[[], None],
                        tag: str = "run", request_timeout_s: float = 3600.0) -> RunResult:
-    """Run one workload against the server at `target`, with GetStats before and after."""
+    """Run one workload against the server at `target`, with GetStats before and after.
+    `drive` runs it on the generator: e.g. `lambda g: g.run(sessions, offsets)`."""
     options = [("grpc.max_receive_message_length", 64 << 20)]
     async with grpc.aio.insecure_channel(target, options=options) as channel:
         stub = generation_pb2_grpc.GenerationStub(channel)
         stats_before = await get_stats(stub)
         generator = LoadGenerator(stub, max_concurrency, request_timeout_s, on_request_done, tag)
-        duration_s = await generator.run(sessions, offsets)
+        duration_s = await drive(generator)
         stats_after = await get_stats(stub)
-    return RunResult(generator.sent, duration_s, stats_before, stats_after)
+    return RunResult(generator.sent, duration_s, stats_before, stats_after, generator.turn_wall_s)

@@ -9,6 +9,9 @@ import subprocess
 
 PACKAGES = {"strata": "strata-serve", "torch": "torch", "grpcio": "grpcio",
             "transformers": "transformers", "numpy": "numpy", "protobuf": "protobuf"}
+# The instructions that decide which dtype is fast here (MACHINE.md: bf16 is 3.6-6.8x fp32 with
+# AMX, ~300x slower without bf16 instructions).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "TORCH_NUM_THREADS")
 
 
@@ -31,6 +34,18 @@ def cpu_model() -> str | None:
     except OSError:
         pass
     return platform.processor() or None
+
+
+def cpu_flags() -> set[str]:
+    """Every flag /proc/cpuinfo lists for the first CPU (empty where there is no such file)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
 
 def ram_bytes() -> int | None:
@@ -56,7 +71,9 @@ def gpus() -> list[str]:
 
 
 def machine() -> dict:
-    return {"cpu_model": cpu_model(), "num_cpus": os.cpu_count(),
+    flags = cpu_flags()
+    return {"cpu_model": cpu_model(), "cpu_flags": [flag for flag in CPU_FLAGS if flag in flags],
+            "num_cpus": os.cpu_count(),
             "num_cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "ram_bytes": ram_bytes(), "gpus": gpus(), "platform": platform.platform(),
             "python": platform.python_version()}

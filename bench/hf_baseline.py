@@ -15,6 +15,8 @@ import os
 import time
 from typing import Callable
 
+from bench.metrics import offline_metrics
+
 
 def _import_torch():
     # OpenMP's busy-wait default is 5-70x slower on a small shared machine; the policy must be
@@ -82,12 +84,5 @@ def run_hf_baseline(model_dir: str, requests: list[tuple[list[int], int]], batch
                                f"{max(m for _, m in batch)}: EOS was not disabled")
         on_batch_done(len(batch))
     duration_s = time.perf_counter() - started
-    return {"num_completed": len(requests), "num_failed": 0, "duration_s": duration_s,
-            "request_throughput_req_s": len(requests) / duration_s,
-            "input_throughput_tok_s": num_input / duration_s,
-            "output_throughput_tok_s": num_output / duration_s,
-            "total_throughput_tok_s": (num_input + num_output) / duration_s,
-            "num_input_tokens": num_input, "num_output_tokens": num_output,
-            "ttft_ms": None, "tpot_ms": None, "itl_ms": None, "e2e_latency_ms": None,
-            "batch_size": batch_size, "torch_num_threads": torch.get_num_threads(),
-            "dtype": "float32"}
+    return {**offline_metrics(len(requests), num_input, num_output, duration_s),
+            "batch_size": batch_size, "torch_num_threads": torch.get_num_threads(), "dtype": "float32"}

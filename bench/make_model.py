@@ -1,6 +1,6 @@
 """Write a random-weight Llama checkpoint + a locally trained tokenizer for serving benchmarks.
 
-    python -m bench.make_model DIR [--shape 100m|tiny] [--seed 0]
+    python -m bench.make_model DIR [--shape 100m|small|tiny] [--seed 0]
 
 DIR gets what `save_pretrained` writes (config.json + model.safetensors, fp32, untied
 embeddings) and tokenizer.json + tokenizer_config.json: a byte-level BPE trained offline on the
@@ -26,8 +26,11 @@ from bench.executor_forward import SHAPE as SHAPE_100M  # noqa: E402  (after the
 # A few seconds end to end: for trying the benchmark's plumbing, not for figures.
 SHAPE_TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   intermediate_size=128, vocab_size=512, max_position_embeddings=2048)
+# Head size 64 (vLLM-CPU's attention takes 32-512, not tiny's 16): for trying `--baseline vllm`.
+SHAPE_SMALL = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                   intermediate_size=768, vocab_size=4096, max_position_embeddings=4096)
 # 4096 positions: the multiturn workload (1,000-token system prompt, 6 turns) reaches ~2,400.
-SHAPES = {"100m": {**SHAPE_100M, "max_position_embeddings": 4096}, "tiny": SHAPE_TINY}
+SHAPES = {"100m": {**SHAPE_100M, "max_position_embeddings": 4096}, "small": SHAPE_SMALL, "tiny": SHAPE_TINY}
 # The stdlib's first ~1.5 MB yields ~19k BPE merges; 8 MB is past the 6 MB that 32000 needs.
 NUM_CORPUS_BYTES = 8_000_000
 

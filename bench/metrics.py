@@ -136,6 +136,18 @@ def throughput_metrics(traces: list[RequestTrace], duration_s: float) -> dict[st
     }
 
 
+def offline_metrics(num_requests: int, num_input: int, num_output: int, duration_s: float) -> dict:
+    """The throughput fields of a baseline that sees no stream (a whole batch returns at
+    once): latencies are not observable and are None."""
+    return {"num_completed": num_requests, "num_failed": 0, "duration_s": duration_s,
+            "request_throughput_req_s": num_requests / duration_s,
+            "input_throughput_tok_s": num_input / duration_s,
+            "output_throughput_tok_s": num_output / duration_s,
+            "total_throughput_tok_s": (num_input + num_output) / duration_s,
+            "num_input_tokens": num_input, "num_output_tokens": num_output,
+            "ttft_ms": None, "tpot_ms": None, "itl_ms": None, "e2e_latency_ms": None}
+
+
 def cached_token_fraction(traces: list[RequestTrace]) -> float | None:
     """Prompt tokens served from a cache (Usage.cached_tokens) over all prompt tokens."""
     ok = [t for t in traces if t.is_ok]
@@ -152,6 +164,14 @@ def ttft_by_turn(traces: list[RequestTrace]) -> dict[str, dict[str, float] | Non
     turns = sorted({t.turn for t in traces if t.is_ok})
     return {str(turn): _ms([v for t in traces if t.is_ok and t.turn == turn
                             for v in [ttft_s(t)] if v is not None]) for turn in turns}
+
+
+def turn_wall_metrics(turn_wall_s: list[float]) -> dict:
+    """Each turn's wall time (a run where turn t of every session starts together once turn t-1
+    has ended) and `later_turns_wall_s`, the sum over turns 2..T (None with one turn): the
+    turns that can reuse earlier turns' KV."""
+    return {"turn_wall_s": list(turn_wall_s),
+            "later_turns_wall_s": sum(turn_wall_s[1:]) if len(turn_wall_s) > 1 else None}
 
 
 def run_metrics(traces: list[RequestTrace], duration_s: float, slo: Slo | None) -> dict:

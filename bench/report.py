@@ -13,7 +13,9 @@ RATIO_METRICS = {  # name in `ratios` -> (metric, statistic or None)
     "ttft_p50": ("ttft_ms", "p50"),
     "tpot_mean": ("tpot_ms", "mean"),
     "e2e_latency_mean": ("e2e_latency_ms", "mean"),
+    "later_turns_wall": ("later_turns_wall_s", None),
 }
+RATIO_ROWS = (("output tok/s", "output_throughput"), ("turns 2..T wall", "later_turns_wall"))
 TABLE_ROWS = [
     ("completed / failed", lambda m: f"{m['num_completed']} / {m['num_failed']}"),
     ("duration (s)", lambda m: _number(m["duration_s"])),
@@ -31,6 +33,8 @@ TABLE_ROWS = [
     *[(f"{tier} tier hit rate (pages)", (lambda tier: lambda m: _number(_tier(m, tier, "hit_rate")))(tier))
       for tier in ("ram", "disk", "remote")],
     ("kvstore MiB loaded / stored", lambda m: _mib_moved(m)),
+    ("wall time per turn (s)", lambda m: " ".join(f"{w:.2f}" for w in m.get("turn_wall_s") or []) or "-"),
+    ("turns 2..T wall (s)", lambda m: _number(m.get("later_turns_wall_s"))),
 ]
 
 
@@ -78,8 +82,8 @@ def _value(metrics: dict, metric: str, stat: str | None) -> float | None:
 
 
 def ratios(metrics: dict, reference: dict) -> dict[str, float | None]:
-    """this / reference for each ratio metric: > 1 is better for throughputs, < 1 for latencies;
-    None where either side lacks the number (e.g. latency vs the HF baseline)."""
+    """this / reference for each ratio metric: > 1 is better for throughputs, < 1 for latencies
+    and wall times; None where either side lacks the number (e.g. latency vs a baseline)."""
     result = {}
     for name, (metric, stat) in RATIO_METRICS.items():
         mine, theirs = _value(metrics, metric, stat), _value(reference, metric, stat)
@@ -87,25 +91,31 @@ def ratios(metrics: dict, reference: dict) -> dict[str, float | None]:
     return result
 
 
-def attach_ratios(results: list[ConfigResult], baseline: ConfigResult | None) -> None:
-    """Adds `ratios` to every result: vs the first configuration and vs the baseline."""
+def attach_ratios(results: list[ConfigResult], baselines: list[ConfigResult]) -> None:
+    """Adds `ratios` to every result and baseline: vs the first configuration, then vs each
+    baseline in order."""
     if not results:
         return
-    first = results[0]
-    for result in results + ([baseline] if baseline else []):
-        result.metrics["ratios"] = {f"vs_{first.name}": ratios(result.metrics, first.metrics)}
-        if baseline is not None:
-            result.metrics["ratios"][f"vs_{baseline.name}"] = ratios(result.metrics, baseline.metrics)
+    for result in results + baselines:
+        result.metrics["ratios"] = {f"vs_{reference.name}": ratios(result.metrics, reference.metrics)
+                                    for reference in [results[0], *baselines]}
+
+
+def _ratio_rows(results: list[ConfigResult]) -> list[list[str]]:
+    """One row per reference and ratio shown (output tok/s; turns 2..T wall where measured)."""
+    rows = []
+    for key in dict.fromkeys(key for r in results for key in r.metrics.get("ratios", {})):
+        for label, ratio in RATIO_ROWS:
+            values = [(r.metrics.get("ratios", {}).get(key) or {}).get(ratio) for r in results]
+            if any(value is not None for value in values):
+                rows.append([f"{label} {key.replace('_', ' ')}"] + [_number(value) for value in values])
+    return rows
 
 
 def format_table(results: list[ConfigResult]) -> str:
     names = [r.name for r in results]
     rows = [[label] + [render(r.metrics) for r in results] for label, render in TABLE_ROWS]
-    ratio_keys = sorted({key for r in results for key in r.metrics.get("ratios", {})})
-    for key in ratio_keys:
-        rows.append([f"output tok/s {key.replace('_', ' ')}"] +
-                    [_number((r.metrics.get("ratios", {}).get(key) or {}).get("output_throughput"))
-                     for r in results])
+    rows += _ratio_rows(results)
     widths = [max(len(row[i]) for row in rows + [["metric"] + names]) for i in range(len(names) + 1)]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
                        for i, (cell, w) in enumerate(zip(row, widths))) for row in [["metric"] + names] + rows]
@@ -122,12 +132,11 @@ def _jsonable(value):
     return value
 
 
-def document(results: list[ConfigResult], baseline: ConfigResult | None, header: dict) -> dict:
+def document(results: list[ConfigResult], baselines: list[ConfigResult], header: dict) -> dict:
     """The --json document: header (command, workload, versions, machine, threads) plus
-    `configurations` {name: settings + metrics} and `baselines` {name: metrics}."""
-    configurations = {r.name: {**r.settings, **r.metrics} for r in results}
-    baselines = {} if baseline is None else {baseline.name: {**baseline.settings, **baseline.metrics}}
-    return _jsonable({**header, "configurations": configurations, "baselines": baselines})
+    `configurations` and `baselines`, each {name: settings + metrics}."""
+    return _jsonable({**header, "configurations": {r.name: {**r.settings, **r.metrics} for r in results},
+                      "baselines": {b.name: {**b.settings, **b.metrics} for b in baselines}})
 
 
 def write_json(path: str, content: dict) -> None:

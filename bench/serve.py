@@ -2,8 +2,8 @@
 
 For each server configuration (one running server, or one `strata up` per --compare entry,
 launched, measured and stopped in turn) and each request rate, run the workload, then the
-transformers baseline (after every server is stopped, so the two never share the CPU), then
-print a side-by-side table and write --json / --plot.
+baselines (vLLM-CPU per --vllm-dtype, transformers; after every server is stopped, so they never
+share the CPU), then print a side-by-side table and write --json / --plot.
 """
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import contextlib
 import datetime
 import os
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
-from bench import environment, metrics, options, report, server_stats
+from bench import environment, metrics, options, report, server_stats, vllm_baseline
 from bench.driver import RunResult, get_model_info, run_workload
 from bench.launch import LaunchError, ServerProcess
 from bench.workloads import Session, arrival_offsets, build_sessions
@@ -53,6 +54,13 @@ def _rate_name(config_name: str, rate: float, num_rates: int) -> str:
     return config_name if num_rates == 1 else f"{config_name}@{rate:g}rps"
 
 
+def _drive(args, sessions: list[Session], offsets: list[float]):
+    """How the load generator runs the sessions: turn by turn (--turn-barrier) or as they arrive."""
+    if args.turn_barrier:
+        return lambda generator: generator.run_turn_by_turn(sessions)
+    return lambda generator: generator.run(sessions, offsets)
+
+
 async def _run_config(args, prompts: SharedPrompts, config: options.ServerConfig, target: str,
                       server: ServerProcess | None) -> list[report.ConfigResult]:
     sessions = prompts.sessions_for(await get_model_info(target))
@@ -60,8 +68,9 @@ async def _run_config(args, prompts: SharedPrompts, config: options.ServerConfig
     for rate in args.rates:
         name = _rate_name(config.name, rate, len(args.rates))
         offsets = arrival_offsets(len(sessions), rate, args.seed)
+        drive = _drive(args, sessions, offsets)
         with tqdm(total=prompts.num_requests, desc=name, unit="req", disable=args.no_progress) as bar:
-            run = await run_workload(target, sessions, offsets, args.max_concurrency,
+            run = await run_workload(target, drive, args.max_concurrency,
                                      lambda: bar.update(1), tag=name, request_timeout_s=args.request_timeout)
         prompts.first_run = prompts.first_run or run
         results.append(_result(args, name, config, rate, run, server))
@@ -71,6 +80,8 @@ async def _run_config(args, prompts: SharedPrompts, config: options.ServerConfig
 def _result(args, name, config, rate, run: RunResult, server) -> report.ConfigResult:
     values = metrics.run_metrics(run.traces, run.duration_s, args.slo_bounds)
     values.update(server_stats.server_metrics(run.stats_before, run.stats_after))
+    if run.turn_wall_s is not None:
+        values.update(metrics.turn_wall_metrics(run.turn_wall_s))
     settings = {"config": config.name, "server_args": config.server_args,
                 "server_target": None if server else args.server, "request_rate": rate,
                 "max_concurrency": args.max_concurrency,
@@ -101,14 +112,38 @@ def default_hf_threads(server_args: list[str]) -> int:
     return max(1, (os.cpu_count() or 2) - 1)
 
 
-def run_baseline(args, prompts: SharedPrompts) -> report.ConfigResult:
+def run_vllm(args, prompts: SharedPrompts) -> list[report.ConfigResult]:
+    """One vLLM-CPU run per --vllm-dtype on the sessions every configuration was given."""
+    venv = Path(args.vllm_venv) if args.vllm_venv else vllm_baseline.default_venv_dir()
+    setup = vllm_baseline.VllmSetup(vllm_baseline.ensure_venv(venv),
+                                    args.vllm_threads or vllm_baseline.default_num_threads(),
+                                    args.vllm_kv_cache_memory, vllm_baseline.tcmalloc_path())
+    print(f"vllm baseline: {setup.num_threads} threads, KV cache {setup.kv_cache_memory_bytes / 2**20:.0f} MiB, "
+          f"libtcmalloc {setup.tcmalloc or 'not installed (apt-get install libtcmalloc-minimal4)'}", flush=True)
+    results = []
+    for dtype in args.vllm_dtype:
+        print(f"vllm baseline: {dtype} on {prompts.num_requests} requests ...", flush=True)
+        result = vllm_baseline.run_baseline(setup, args.model, dtype, prompts.sessions, args.seed)
+        print(f"vllm baseline: {result.name}: start-up {result.metrics['startup_s']:.1f} s (not counted), "
+              f"generate {result.metrics['duration_s']:.2f} s", flush=True)
+        results.append(result)
+    return results
+
+
+def run_hf(args, prompts: SharedPrompts) -> list[report.ConfigResult]:
     from bench.hf_baseline import run_hf_baseline
 
     requests = [(s.prompt_ids, s.max_tokens) for s in prompts.first_run.sent if s.trace.is_ok]
     threads = args.hf_threads or default_hf_threads(args.configs[0].server_args or [])
     with tqdm(total=len(requests), desc="hf", unit="req", disable=args.no_progress) as bar:
         values = run_hf_baseline(args.model, requests, args.hf_batch_size, threads, bar.update)
-    return report.ConfigResult("hf", values, {"config": "hf", "model": args.model})
+    return [report.ConfigResult("hf", values, {"config": "hf", "model": args.model})]
+
+
+def run_baselines(args, prompts: SharedPrompts) -> list[report.ConfigResult]:
+    """--baseline's runs, vLLM's first (its results are the first reference after Strata's own)."""
+    runs = {"vllm": run_vllm, "hf": run_hf}
+    return [result for name in args.baseline for result in runs[name](args, prompts)]
 
 
 def header(args, argv: list[str], prompts: SharedPrompts) -> dict:
@@ -116,7 +151,7 @@ def header(args, argv: list[str], prompts: SharedPrompts) -> dict:
     workload = {key: getattr(args, key) for key in (
         "workload", "seed", "num_prompts", "input_len", "output_len", "sessions", "turns",
         "system_len", "user_len", "docs", "doc_len", "questions", "question_len", "prefix_len",
-        "suffix_len", "request_rate", "max_concurrency", "slo")}
+        "suffix_len", "request_rate", "max_concurrency", "turn_barrier", "slo")}
     workload["num_requests"] = prompts.num_requests
     return {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": ["strata", "bench", *argv], "workload": workload,
@@ -136,11 +171,15 @@ def main(argv: list[str]) -> int:
     except (LaunchError, ValueError) as error:
         print(f"strata bench: {error}", file=sys.stderr)
         return 2
-    baseline = run_baseline(args, prompts) if args.baseline == "hf" else None
-    report.attach_ratios(results, baseline)
-    print(report.format_table(results + ([baseline] if baseline else [])))
+    try:
+        baselines = run_baselines(args, prompts)
+    except vllm_baseline.BaselineError as error:
+        print(f"strata bench: {error}", file=sys.stderr)
+        return 2
+    report.attach_ratios(results, baselines)
+    print(report.format_table(results + baselines))
     if args.json:
-        content = report.document(results, baseline, header(args, argv, prompts))
+        content = report.document(results, baselines, header(args, argv, prompts))
         report.write_json(args.json, content)
     if args.plot:
         from bench.plot import plot

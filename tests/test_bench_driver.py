@@ -1,5 +1,6 @@
 """The bench driver and CLI against a scripted in-process Generation server (a fake of the one
 component the driver talks to), so the load generator is tested without a model."""
+import asyncio
 import json
 import time
 from concurrent import futures
@@ -8,6 +9,8 @@ import grpc
 import pytest
 
 from bench import serve
+from bench.driver import run_workload
+from bench.workloads import Session, Turn
 from protos.v1 import generation_pb2, generation_pb2_grpc
 
 VOCAB_SIZE = 50
@@ -143,3 +146,36 @@ def test_workload_longer_than_the_model_is_refused_before_sending(scripted_serve
                        "--input-len", "5000", "--output-len", "4", "--no-progress"])
     assert code == 2 and servicer.prompts == []
     assert "workload needs 5004 tokens of context but the model serves 4096" in capsys.readouterr().err
+
+
+def test_turn_barrier_starts_each_turn_after_every_session_ended_the_last(scripted_server):
+    servicer, target = scripted_server
+    # 1, 9 and 21 output tokens a turn: without the barrier the short session would run ahead
+    sessions = [Session([3] * 10, [Turn([4 + s] * 5, num_tokens) for _ in range(3)])
+                for s, num_tokens in enumerate((1, 9, 21))]
+    run = asyncio.run(run_workload(target, lambda generator: generator.run_turn_by_turn(sessions),
+                                   None, lambda: None, tag="barrier"))
+    assert len(run.sent) == 9 and all(request.trace.is_ok for request in run.sent)
+    by_turn = {turn: [r.trace for r in run.sent if r.trace.turn == turn] for turn in range(3)}
+    for turn in (1, 2):
+        last_end = max(trace.response_times[-1] for trace in by_turn[turn - 1])
+        assert min(trace.send_time for trace in by_turn[turn]) >= last_end
+    # each turn's wall is its first send to its last response, waiting on the 21-token session
+    assert len(run.turn_wall_s) == 3 and sum(run.turn_wall_s) <= run.duration_s
+    for turn, wall in enumerate(run.turn_wall_s):
+        span = (max(t.response_times[-1] for t in by_turn[turn]) - min(t.send_time for t in by_turn[turn]))
+        assert span <= wall < span + 0.25   # the gather returns right after the last stream ends
+    assert len(servicer.prompts) == 9
+
+
+def test_turn_barrier_reports_per_turn_walls_in_the_json(scripted_server, tmp_path):
+    servicer, target = scripted_server
+    out = tmp_path / "mt.json"
+    assert serve.main(["--server", target, "--workload", "multiturn", "--sessions", "3", "--turns", "3",
+                       "--system-len", "20", "--user-len", "5:8", "--output-len", "4", "--turn-barrier",
+                       "--json", str(out), "--no-progress"]) == 0
+    config = json.loads(out.read_text())["configurations"]["server"]
+    assert len(config["turn_wall_s"]) == 3 and config["num_completed"] == 9
+    assert config["later_turns_wall_s"] == pytest.approx(sum(config["turn_wall_s"][1:]))
+    assert config["ratios"]["vs_server"]["later_turns_wall"] == 1.0
+    assert json.loads(out.read_text())["workload"]["turn_barrier"] is True

@@ -104,12 +104,43 @@ def test_ratios_vs_first_and_baseline():
     first = report.ConfigResult("a", {"output_throughput_tok_s": 10.0, "ttft_ms": {"mean": 100.0, "p50": 80.0}})
     second = report.ConfigResult("b", {"output_throughput_tok_s": 30.0, "ttft_ms": {"mean": 50.0, "p50": 40.0}})
     hf = report.ConfigResult("hf", {"output_throughput_tok_s": 5.0, "ttft_ms": None})
-    report.attach_ratios([first, second], hf)
+    report.attach_ratios([first, second], [hf])
     assert second.metrics["ratios"]["vs_a"]["output_throughput"] == 3.0
     assert second.metrics["ratios"]["vs_a"]["ttft_mean"] == 0.5
     assert second.metrics["ratios"]["vs_hf"]["output_throughput"] == 6.0
     assert second.metrics["ratios"]["vs_hf"]["ttft_mean"] is None
     assert hf.metrics["ratios"]["vs_a"]["output_throughput"] == 0.5
+
+
+def offline(output_tok_s, turn_wall_s):
+    return {**metrics.offline_metrics(4, 100, 40, 40 / output_tok_s), **metrics.turn_wall_metrics(turn_wall_s)}
+
+
+def test_ratios_against_each_baseline_in_order_with_the_later_turns_wall():
+    strata = report.ConfigResult("strata", {**offline(100.0, [1.0, 1.0, 2.0]), "num_preemptions": 0})
+    vllm_bf16 = report.ConfigResult("vllm-bf16", offline(200.0, [1.0, 3.0, 3.0]))
+    vllm_fp32 = report.ConfigResult("vllm-fp32", offline(50.0, [2.0, 6.0, 6.0]))
+    hf = report.ConfigResult("hf", {**metrics.offline_metrics(4, 100, 40, 4.0)})
+    report.attach_ratios([strata], [vllm_bf16, vllm_fp32, hf])
+    assert list(strata.metrics["ratios"]) == ["vs_strata", "vs_vllm-bf16", "vs_vllm-fp32", "vs_hf"]
+    assert strata.metrics["ratios"]["vs_vllm-bf16"]["output_throughput"] == 0.5
+    assert strata.metrics["ratios"]["vs_vllm-bf16"]["later_turns_wall"] == 0.5   # 3 s vs 6 s
+    assert strata.metrics["ratios"]["vs_vllm-fp32"]["later_turns_wall"] == 0.25
+    assert strata.metrics["ratios"]["vs_hf"]["later_turns_wall"] is None
+    lines = report.format_table([strata, vllm_bf16, vllm_fp32, hf]).splitlines()
+    assert lines[0].split() == ["metric", "strata", "vllm-bf16", "vllm-fp32", "hf"]
+    row = {line.split("  ")[0].strip(): line.split("  ")[-1].strip() for line in lines}
+    ratio_rows = [label for label in row if label.startswith(("output tok/s vs", "turns 2..T wall vs"))]
+    assert ratio_rows == ["output tok/s vs strata", "turns 2..T wall vs strata",
+                          "output tok/s vs vllm-bf16", "turns 2..T wall vs vllm-bf16",
+                          "output tok/s vs vllm-fp32", "turns 2..T wall vs vllm-fp32", "output tok/s vs hf"]
+    assert row["turns 2..T wall (s)"] == "-"   # hf's column: it has no turns
+    assert " 1.00 1.00 2.00 " in next(line for line in lines if line.startswith("wall time per turn"))
+    table = {line.split("  ")[0].strip(): line.split()[-4:] for line in lines}
+    assert table["turns 2..T wall vs vllm-bf16"] == ["0.500", "1.000", "2.000", "-"]
+    document = report.document([strata], [vllm_bf16, hf], {"command": ["strata", "bench"]})
+    assert list(document["baselines"]) == ["vllm-bf16", "hf"]
+    assert document["configurations"]["strata"]["later_turns_wall_s"] == 3.0
 
 
 def test_workloads_are_reproducible_and_in_range():
