@@ -34,8 +34,12 @@ def write_kv(layer_cache: Tensor, key: Tensor, value: Tensor, slot_mapping: Tens
     """
     if layer_cache.is_cuda:
         write_kv_triton(layer_cache, key, value, slot_mapping)
-    else:
+        return
+    ops = native_ops() if key.dtype == layer_cache.dtype == value.dtype else None
+    if ops is None:
         write_kv_torch(layer_cache, key, value, slot_mapping)
+    else:
+        ops.write_kv(layer_cache, key, value, slot_mapping)
 
 
 def paged_attention(

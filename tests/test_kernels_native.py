@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from executor.models.transformer import apply_rope, rms_norm
 from kernels import paged_attention
 from kernels.cpu_native import native_decode, native_ops
-from kernels.twin import paged_attention_torch
+from kernels.twin import paged_attention_torch, write_kv_torch
 
 native = native_decode()
 pytestmark = pytest.mark.skipif(native is None, reason="no C++ compiler or ninja on this host")
@@ -187,3 +187,26 @@ def test_packed_linear_rejects_a_pack_of_another_shape():
         ops.packed_linear(torch.randn(4, 32), packed[:1].clone())
     with pytest.raises(RuntimeError, match="fp32"):
         ops.pack_linear_weight(torch.randn(64, 32, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("block_size", [4, 16])
+def test_native_write_kv_is_byte_exact_with_the_twin_and_leaves_other_layers_alone(dtype, block_size):
+    generator = torch.Generator().manual_seed(12)
+    pool = torch.randn(9, 3, 2, block_size, 2, 32, generator=generator).to(dtype)
+    qkv = torch.randn(7, 3 * 2 * 32, generator=generator).to(dtype)   # tokens strided, as in the model
+    key, value = (part.view(7, 2, 32) for part in qkv.split([64, 64, 64], dim=-1)[:2])
+    slots = torch.tensor([0, 5, block_size, 3 * block_size - 1, 8 * block_size, 2, 9 * block_size - 1])
+    expected = pool.clone()
+    write_kv_torch(expected[:, 1], key, value, slots)
+    ops.write_kv(pool[:, 1], key, value, slots)
+    assert torch.equal(pool.view(torch.uint8), expected.view(torch.uint8))
+
+
+def test_native_write_kv_rejects_what_it_cannot_write():
+    pool = torch.zeros(2, 2, 4, 2, 8)
+    rows = torch.zeros(3, 2, 8)
+    with pytest.raises(RuntimeError, match="dtypes differ"):
+        ops.write_kv(pool, rows.bfloat16(), rows.bfloat16(), torch.arange(3))
+    with pytest.raises(RuntimeError, match="slot 8 is outside the cache"):
+        ops.write_kv(pool, rows, rows, torch.tensor([0, 1, 8]))

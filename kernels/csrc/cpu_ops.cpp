@@ -194,3 +194,31 @@ void rope_inplace(torch::Tensor x, torch::Tensor cos, torch::Tensor sin, int64_t
   else
     rope_rows<at::BFloat16>(x, cos, sin, num_heads, head_dim);
 }
+
+// Scatter K/V rows into the paged layer cache: row t of key and value [T, Hkv, D] (each
+// token's [Hkv, D] dense, tokens strided) -> cache[slot / bs, 0 | 1, slot % bs], the cache's
+// dtype. Two memcpys per token where torch's index_put_ costs ~80 us a call at decode sizes.
+void write_kv(torch::Tensor cache, torch::Tensor key, torch::Tensor value, torch::Tensor slots) {
+  TORCH_CHECK(cache.dim() == 5 && key.dim() == 3 && value.sizes() == key.sizes(), "write_kv: shapes");
+  TORCH_CHECK(key.dtype() == cache.dtype() && value.dtype() == cache.dtype(), "write_kv: key, value and cache dtypes differ");
+  TORCH_CHECK(slots.dtype() == torch::kInt64 && slots.dim() == 1 && slots.size(0) == key.size(0), "write_kv: slots");
+  const int64_t row = cache.size(3) * cache.size(4), block_size = cache.size(2);
+  TORCH_CHECK(key.size(1) * key.size(2) == row, "write_kv: rows of key and cache differ");
+  TORCH_CHECK(cache.stride(2) == row && cache.stride(3) == cache.size(4) && cache.stride(4) == 1,
+              "write_kv: a cache block's rows must be dense");
+  TORCH_CHECK(key.stride(2) == 1 && key.stride(1) == key.size(2) && value.stride(2) == 1 &&
+              value.stride(1) == value.size(2), "write_kv: each token's K/V row must be dense");
+  const int64_t num_bytes = row * cache.element_size(), num_blocks = cache.size(0);
+  auto* base = static_cast<char*>(cache.data_ptr());
+  const auto* k = static_cast<const char*>(key.data_ptr());
+  const auto* v = static_cast<const char*>(value.data_ptr());
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  const int64_t element = cache.element_size();
+  for (int64_t t = 0; t < key.size(0); ++t) {
+    const int64_t block = slot[t] / block_size, offset = slot[t] % block_size;
+    TORCH_CHECK(slot[t] >= 0 && block < num_blocks, "write_kv: slot ", slot[t], " is outside the cache");
+    char* target = base + (block * cache.stride(0) + offset * cache.stride(2)) * element;
+    std::memcpy(target, k + t * key.stride(0) * element, num_bytes);
+    std::memcpy(target + cache.stride(1) * element, v + t * value.stride(0) * element, num_bytes);
+  }
+}

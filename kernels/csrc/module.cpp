@@ -7,6 +7,7 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps);
 torch::Tensor add_rms_norm(torch::Tensor residual, torch::Tensor delta, torch::Tensor weight, double eps);
 torch::Tensor silu_and_mul(torch::Tensor gate_up);
 void rope_inplace(torch::Tensor x, torch::Tensor cos, torch::Tensor sin, int64_t num_heads, int64_t head_dim);
+void write_kv(torch::Tensor cache, torch::Tensor key, torch::Tensor value, torch::Tensor slots);
 torch::Tensor small_linear(torch::Tensor x, torch::Tensor w);
 bool small_linear_is_fast();
 bool packed_linear_is_available();
@@ -18,6 +19,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "RMSNorm per row, fp32");
   m.def("add_rms_norm", &add_rms_norm, "residual += delta in place, then RMSNorm of it");
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up of a fused [T, 2I] projection");
+  m.def("write_kv", &write_kv, "scatter K/V rows into the paged layer cache (same dtype)");
   m.def("small_linear", &small_linear, "x @ w.T for a few rows of x, streaming w once (fp32)");
   m.def("small_linear_is_fast", &small_linear_is_fast, "whether small_linear's AVX-512 body was compiled");
   m.def("packed_linear_is_available", &packed_linear_is_available, "whether this torch exports MKL's packed sgemm");
