@@ -9,6 +9,7 @@ import grpc
 import pytest
 import torch
 from checkpoints import load_hf_model
+from servers import EXACT_DTYPE
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from executor.plans import SimpleDriver, make_plan, new_request, running
@@ -39,7 +40,7 @@ def daemon(tmp_path_factory, llama_dir):
     listen = f"unix:{run_dir / 'executor.sock'}"
     command = [sys.executable, "-m", "scheduler.cli", "executor", "--model", str(llama_dir),
                "--listen", listen, "--block-size", str(BLOCK_SIZE), "--num-device-blocks", str(NUM_BLOCKS),
-               "--max-num-batched-tokens", "64", "--data-dir", str(run_dir)]
+               "--max-num-batched-tokens", "64", "--data-dir", str(run_dir), *EXACT_DTYPE]
     log = open(run_dir / "executor.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
     channel = grpc.insecure_channel(listen)
