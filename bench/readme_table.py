@@ -32,11 +32,12 @@ KV_BUDGET_BYTES = 64 << 20
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 SHORT = {"float32": "fp32", "bfloat16": "bf16"}
 
-# Smaller than the issue-scale random run (128 prompts): on a 2-core machine the transformers
-# baseline alone is ~3 minutes of it, and each vLLM run starts in ~50 s before it generates.
-RANDOM = ["--workload", "random", "--num-prompts", "48", "--input-len", "64:512",
-          "--output-len", "16:256", "--num-device-blocks", "6144", "--baseline", "vllm", "hf",
-          "--hf-batch-size", "16", "--hf-threads", str(NUM_CPUS), "--num-threads", str(NUM_CPUS)]
+# The performance issue's random workload: 64 prompts of 128-512 ids, 128 output tokens each.
+# Strata runs with `strata up`'s defaults (its pool, kvstore and threads), plus fp32 where the
+# default dtype is bf16.
+RANDOM = ["--workload", "random", "--num-prompts", "64", "--input-len", "128:512",
+          "--output-len", "128", "--baseline", "vllm", "hf",
+          "--hf-batch-size", "16", "--hf-threads", str(NUM_CPUS)]
 MULTITURN = ["--workload", "multiturn", "--sessions", "16", "--turns", "5", "--system-len", "512",
              "--user-len", "100:200", "--output-len", "32", "--turn-barrier", "--baseline", "vllm",
              "--vllm-kv-cache-memory", f"{KV_BUDGET_BYTES >> 20}MiB", "--num-threads", str(NUM_CPUS)]
@@ -59,8 +60,9 @@ def device_blocks(num_bytes: int, kv_dtype: str) -> int:
 
 
 def random_argv(kinds: list[str]) -> list[str]:
-    return [*RANDOM, "--vllm-dtype", *kinds,
-            "--compare", *(f"strata-{SHORT[d]}=--dtype {d}" for d in kinds)]
+    """Strata's defaults (--dtype auto is kinds[0]) and each other dtype named."""
+    configs = [f"strata-defaults-{SHORT[kinds[0]]}="] + [f"strata-{SHORT[d]}=--dtype {d}" for d in kinds[1:]]
+    return [*RANDOM, "--vllm-dtype", *kinds, "--compare", *configs]
 
 
 def multiturn_argv(kinds: list[str]) -> list[str]:

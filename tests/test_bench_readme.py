@@ -49,7 +49,9 @@ def test_every_side_gets_the_same_kv_bytes_and_dtypes_follow_the_cpu():
     assert argv[argv.index("--vllm-dtype") + 1:argv.index("--compare")] == ["float32", "bfloat16"]
     assert "ram-bf16=--dtype bfloat16 --num-device-blocks 341 --kvstore-ram 2GiB --kvstore-disk 0" in argv
     assert argv[argv.index("--vllm-kv-cache-memory") + 1] == "64MiB" and "--turn-barrier" in argv
-    assert "strata-fp32=--dtype float32" in random_argv(["float32"])
+    assert random_argv(["float32"])[-2:] == ["--compare", "strata-defaults-fp32="]
+    both = random_argv(["bfloat16", "float32"])
+    assert both[both.index("--compare") + 1:] == ["strata-defaults-bf16=", "strata-fp32=--dtype float32"]
 
 
 def test_quick_shrinks_sizes_only():

@@ -33,10 +33,20 @@ def generate_cli(address: str, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120, env=child_env())
 
 
+def wait_for_line(path, text: str, timeout_s: float = 10) -> str:
+    """The file's text once it holds `text`, or after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while text not in path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return path.read_text()
+
+
 def test_up_serves_restarts_a_dead_executor_and_stops_cleanly(llama_dir, tmp_path):
     with start_up(["--model", str(llama_dir), "--num-device-blocks", "64",
                    "--data-dir", str(tmp_path / "data"), "--kvstore-ram", "64MiB"]) as server:
-        up_log = (server.run_dir / "up.log").read_text()
+        # The children start together: the public port may answer just before the launcher,
+        # polling each child's readiness in turn, prints its line.
+        up_log = wait_for_line(server.run_dir / "up.log", f"strata serving on {server.address}")
         assert f"strata serving on {server.address}" in up_log
         run_dirs = re.findall(r"unix:(\S+)/executor\.sock", (tmp_path / "data/logs/scheduler.log").read_text())
         pids = child_pids(up_log)
