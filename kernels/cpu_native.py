@@ -17,10 +17,13 @@ why). STRATA_NATIVE_KERNELS=0 turns them off.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,8 @@ SOURCES = [Path(__file__).parent / "csrc" / name
            for name in ("module.cpp", "paged_decode_cpu.cpp", "cpu_ops.cpp", "small_linear_cpu.cpp",
                         "packed_linear_cpu.cpp")]
 CFLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffast-math"]
+# A first build takes 30 s to 3 min here; past this the executor starts on the torch forms.
+BUILD_LOCK_TIMEOUT_S = 600.0
 _module = None
 _is_tried = False
 _lock = threading.Lock()
@@ -106,9 +111,37 @@ def _load_or_build():
             return module
         except ImportError as error:   # e.g. a build that died half-way: build again below
             log.warning("cannot import %s (%s); rebuilding it", built, error)
-    from torch.utils.cpp_extension import load
-
     build_dir.mkdir(exist_ok=True)
-    log.info("building the native CPU kernels %s (about a minute, once per machine)", name)
-    return load(name=name, sources=[str(source) for source in SOURCES], build_directory=str(build_dir),
-                extra_cflags=CFLAGS, verbose=False)
+    with build_lock(build_dir, BUILD_LOCK_TIMEOUT_S):
+        from torch.utils.cpp_extension import load
+
+        log.info("building the native CPU kernels %s (about a minute, once per machine)", name)
+        return load(name=name, sources=[str(source) for source in SOURCES], build_directory=str(build_dir),
+                    extra_cflags=CFLAGS, verbose=False)
+
+
+@contextlib.contextmanager
+def build_lock(build_dir: Path, timeout_s: float):
+    """Hold an flock on build_dir/strata.lock while building: the kernel drops it when its holder
+    dies, where torch's own `lock` file (a FileBaton) outlives a killed builder and makes every
+    later build wait forever. So a torch `lock` found while holding the flock is a dead
+    builder's and is removed. TimeoutError after timeout_s (another process still building)."""
+    with open(build_dir / "strata.lock", "w") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another process has been building in {build_dir} for over "
+                                       f"{timeout_s:.0f} s") from None
+                time.sleep(0.5)
+        stale = build_dir / "lock"
+        if stale.exists():
+            log.warning("removing %s, left by a build that died", stale)
+            stale.unlink(missing_ok=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

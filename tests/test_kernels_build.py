@@ -1,0 +1,42 @@
+"""The native kernels' build lock: a builder that died never wedges a later start."""
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kernels.cpu_native import build_lock
+
+HOLD_LOCK = """
+import fcntl, sys, time
+handle = open(sys.argv[1], "w")
+fcntl.flock(handle, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_torch_lock_left_by_a_dead_builder_is_removed(tmp_path):
+    (tmp_path / "lock").write_text("")          # what torch's FileBaton leaves after a kill -9
+    with build_lock(tmp_path, timeout_s=5):
+        assert not (tmp_path / "lock").exists()
+
+
+def test_a_live_builder_is_waited_for_boundedly_and_its_death_frees_the_lock(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / "strata.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="another process has been building"):
+            with build_lock(tmp_path, timeout_s=1):
+                pass
+        assert 1 <= time.monotonic() - started < 5
+        (tmp_path / "lock").write_text("")      # the holder's torch lock, as if mid-build
+        holder.kill()                           # kill -9: the kernel drops its flock
+        holder.wait()
+        with build_lock(tmp_path, timeout_s=5):
+            assert not (tmp_path / "lock").exists()
+    finally:
+        holder.kill()
+        holder.wait()
