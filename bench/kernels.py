@@ -4,7 +4,9 @@
 
 CPU: the torch twin (the production path) vs one contiguous SDPA call over the same K/V, the
 ratio being what paging costs. CUDA: also the Triton body, with its achieved K/V bandwidth.
-Decode batches of 1..256 sequences at context 512, and one 512-token prefill.
+Decode batches of 1..256 sequences at context 512, and one 512-token prefill. Then the fused
+CPU layers (kernels/csrc/cpu_ops.cpp: RMSNorm, residual add + RMSNorm, SiLU-and-mul, RoPE, K/V
+write) against the model's torch forms, in fp32 and bf16, at decode (64) and prefill (512) rows.
 """
 from __future__ import annotations
 
@@ -90,6 +92,47 @@ def report(timing: Timing) -> str:
     return line
 
 
+def fused_layer_cases(rows: int, dtype: torch.dtype) -> dict[str, tuple[Callable, Callable]]:
+    """name -> (native, torch form) on the 100M Llama's widths (hidden 768, 12/4 heads of 64)."""
+    from executor.models.transformer import apply_rope, rms_norm
+    from kernels import native_ops
+
+    ops, make = native_ops(), lambda *shape: torch.randn(*shape).to(dtype)
+    x, delta, weight, gate_up = make(rows, 768), make(rows, 768), make(768), make(rows, 4096)
+    qkv, cos, sin = make(rows, 1280), make(rows, 64), make(rows, 64)
+    pool, slots = make(1024, 2, 16, 4, 64), torch.randperm(1024 * 16)[:rows]
+    k, v = make(rows, 4, 64), make(rows, 4, 64)
+
+    def rope_torch():
+        q = qkv[:, :1024].view(rows, 16, 64)
+        return apply_rope(q, cos[:, None], sin[:, None])
+
+    def silu_torch():
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    return {"rms_norm": (lambda: ops.rms_norm(x, weight, 1e-6), lambda: rms_norm(x, weight, 1e-6)),
+            "add_rms_norm": (lambda: ops.add_rms_norm(x.clone(), delta, weight, 1e-6),
+                             lambda: rms_norm(x + delta, weight, 1e-6)),
+            "silu_and_mul": (lambda: ops.silu_and_mul(gate_up), silu_torch),
+            "rope": (lambda: ops.rope_inplace(qkv, cos, sin, 16, 64), rope_torch),
+            "write_kv": (lambda: ops.write_kv(pool, k, v, slots), lambda: write_kv_torch(pool, k, v, slots))}
+
+
+def report_fused_layers() -> None:
+    from kernels import native_ops
+
+    if native_ops() is None:
+        print("fused layers: no native kernels on this host (no C++ compiler)")
+        return
+    for dtype in (torch.float32, torch.bfloat16):
+        for rows in (64, 512):
+            for name, (native, torch_form) in fused_layer_cases(rows, dtype).items():
+                native_ms, torch_ms = time_ms(native, False), time_ms(torch_form, False)
+                print(f"{name:<13} {str(dtype).removeprefix('torch.'):<9} rows {rows:<4} native {native_ms:7.3f} ms  "
+                      f"torch {torch_ms:7.3f} ms  torch/native {torch_ms / native_ms:6.1f}x", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heads", type=int, default=12)
@@ -106,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     for num_seqs in args.batches:
         print(report(measure(f"decode x{num_seqs}", [(args.context, 1)] * num_seqs, args, device)), flush=True)
     print(report(measure(f"prefill {args.context}", [(args.context, args.context)], args, device)), flush=True)
+    if device == "cpu":
+        report_fused_layers()
     return 0
 
 
