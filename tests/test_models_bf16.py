@@ -75,3 +75,17 @@ def test_bf16_greedy_tokens_match_generate_up_to_a_near_tie(fixture, request):
     logits = hf_logits(hf, prompt + expected[:divergence])
     gap = (logits[expected[divergence]] - logits[ours[divergence]]).item()
     assert 0 <= gap <= NEAR_TIE * logits.abs().max().item(), (divergence, gap)
+
+
+def test_bf16_projections_use_the_prepacked_onednn_weights_and_equal_f_linear(llama_dir):
+    from executor.models.transformer import onednn_reorder
+
+    if onednn_reorder() is None:
+        pytest.skip("this torch has no oneDNN linear")
+    model = bf16_runner(llama_dir).loaded.model
+    layer = model.weights.layers[0]
+    assert layer.gate_up.data_ptr() in model.onednn_packed and model.weights.lm_head.data_ptr() in model.onednn_packed
+    generator = torch.Generator().manual_seed(5)
+    for num_rows in (1, 3, 17, 70):
+        x = torch.randn(num_rows, 2 * layer.gate_up.shape[1], generator=generator).bfloat16()[:, ::2]  # strided
+        torch.testing.assert_close(model._linear(x, layer.gate_up), torch.nn.functional.linear(x, layer.gate_up))
