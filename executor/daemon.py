@@ -132,11 +132,12 @@ def start_server(listen: str):
     from grpc_reflection.v1alpha import reflection
 
     from executor.service import ExecutorService
+    from protos.listen import SERVER_OPTIONS, bind
     from protos.v1 import executor_pb2, executor_pb2_grpc
 
     options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options + SERVER_OPTIONS)
     service = ExecutorService()
     executor_pb2_grpc.add_ExecutorServicer_to_server(service, server)
     health_servicer = health.HealthServicer()
@@ -147,9 +148,7 @@ def start_server(listen: str):
     if listen.startswith("unix:"):
         Path(listen.removeprefix("unix:")).parent.mkdir(parents=True, exist_ok=True)
         Path(listen.removeprefix("unix:")).unlink(missing_ok=True)  # a stale socket of a dead run
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        raise SystemExit(f"cannot listen on {listen}")
+    port = bind(server, listen)
     server.start()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)

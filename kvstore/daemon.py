@@ -19,6 +19,7 @@ from kvstore.client import CHANNEL_OPTIONS, KVStoreClient
 from kvstore.disk import FsyncMode
 from kvstore.service import SERVICE_NAME, KVStoreService, TokenInterceptor
 from kvstore.store import Store, StoreConfig
+from protos.listen import SERVER_OPTIONS, bind
 from protos.v1 import kvstore_pb2, kvstore_pb2_grpc
 
 log = logging.getLogger("strata.kvstore")
@@ -77,9 +78,9 @@ def add_listeners(server: grpc.Server, args: argparse.Namespace) -> list[str]:
             if not is_local(address) and not args.insecure:
                 raise SystemExit(f"refusing plain TCP on {address}: give --tls-cert/--tls-key "
                                  "(or --insecure on a trusted network)")
-            port = server.add_insecure_port(address)
+            port = bind(server, address)
         else:
-            port = server.add_secure_port(address, credentials)
+            port = bind(server, address, credentials)
         bound.append(address if address.startswith("unix:") else
                      f"{address.rpartition(':')[0]}:{port}")
     return bound
@@ -95,7 +96,7 @@ def open_backing(args: argparse.Namespace) -> KVStoreClient | None:
 def build_server(store: Store, args: argparse.Namespace) -> tuple[grpc.Server, health.HealthServicer]:
     interceptors = [TokenInterceptor(args.token)] if args.token else []
     server = grpc.server(ThreadPoolExecutor(max_workers=16), interceptors=interceptors,
-                         options=CHANNEL_OPTIONS)
+                         options=CHANNEL_OPTIONS + SERVER_OPTIONS)
     kvstore_pb2_grpc.add_KVStoreServicer_to_server(KVStoreService(store), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tokenizers import Tokenizer
 
+from protos.listen import SERVER_OPTIONS, bind
 from protos.v1 import generation_pb2, generation_pb2_grpc
 from scheduler.engine import Engine
 from scheduler.executor_link import ExecutorLink
@@ -113,16 +114,14 @@ class Daemon:
         self.link = ExecutorLink(args.executor)
         self.engine: Engine | None = None
         workers = args.max_waiting + 256   # each open Generate stream holds a worker thread
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=SERVER_OPTIONS)
         generation_pb2_grpc.add_GenerationServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
 
     def start(self) -> bool:
-        self.port = self.server.add_insecure_port(self.args.listen)
-        if not self.port:
-            raise SystemExit(f"cannot listen on {self.args.listen}")
+        self.port = bind(self.server, self.args.listen)
         self.health.set("", SERVING)
         self.health.set(SERVICE_NAME, NOT_SERVING)
         self.server.start()
