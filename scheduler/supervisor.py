@@ -6,6 +6,7 @@ grace period).
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -21,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 log = logging.getLogger("strata.up")
 
 STOP_GRACE_SECONDS = 10.0
+PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
 MAX_BACKOFF_SECONDS = 30.0
 
 
@@ -73,7 +75,7 @@ class Supervisor:
         log_file = open(child.log_path, "ab")
         command = [sys.executable, "-m", "scheduler.cli", *child.spec.argv]
         child.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=exit_with_parent(os.getpid()))
         log_file.close()
         log.info("started %s (pid %d, log %s)", child.spec.name, child.process.pid, child.log_path)
 
@@ -107,6 +109,21 @@ class Supervisor:
         """Stop every child, in reverse start order (see stop_processes)."""
         stop_processes([c.process for c in reversed(self.children) if c.process is not None],
                        STOP_GRACE_SECONDS)
+
+
+def exit_with_parent(parent_pid: int):
+    """A preexec_fn: the child gets SIGTERM when the launcher dies, even by kill -9 (Linux's
+    parent-death signal), so no daemon keeps serving unsupervised or holds its port and arena
+    (SIGTERM: each drains and removes its files). Elsewhere a no-op."""
+    def set_parent_death_signal() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent_pid:   # the launcher died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    return set_parent_death_signal
 
 
 def stop_processes(processes: list[subprocess.Popen], grace_s: float) -> list[int | None]:

@@ -135,3 +135,20 @@ def test_kv_cache_memory_reaches_the_executor_in_bytes_and_excludes_a_block_coun
     with pytest.raises(SystemExit):
         parser.parse_args(["--kv-cache-memory", "lots"])
     assert "not a byte size: 'lots'" in capsys.readouterr().err
+
+
+def test_children_exit_when_the_launcher_is_killed(llama_dir, tmp_path):
+    """kill -9 of `strata up`: its daemons get the parent-death SIGTERM and exit; none keeps
+    serving unsupervised (a later `strata up` on the port would otherwise share it)."""
+    with start_up(["--model", str(llama_dir), "--num-device-blocks", "64",
+                   "--data-dir", str(tmp_path / "data"), "--kvstore-ram", "64MiB"]) as server:
+        up_log = wait_for_line(server.run_dir / "up.log", f"strata serving on {server.address}")
+        pids = child_pids(up_log)
+        assert set(pids) == {"kvstore", "executor", "scheduler"}
+        (process,) = server.processes
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        deadline = time.monotonic() + 30
+        while any(is_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [name for name, pid in pids.items() if is_alive(pid)]
