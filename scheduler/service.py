@@ -12,7 +12,8 @@ from scheduler.detokenizer import TextStream
 from scheduler.engine import Engine
 from scheduler.errors import Unavailable, maps_api_errors
 from scheduler.request import Request
-from scheduler.validation import ModelLimits, check_sampling, prompt_token_ids, stop_criteria
+from scheduler.validation import (ModelLimits, check_sampling, check_sizes, prompt_token_ids,
+                                  stop_criteria)
 
 
 class GenerationService(generation_pb2_grpc.GenerationServicer):
@@ -65,6 +66,7 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
 
     def make_request(self, message: generation_pb2.GenerateRequest) -> Request:
         """Validate a GenerateRequest (raises InvalidArgument) into a scheduler Request."""
+        check_sizes(message)
         prompt = prompt_token_ids(message, self.tokenizer, self.limits)
         check_sampling(message.sampling)
         stopping = stop_criteria(message, len(prompt), self.limits)
