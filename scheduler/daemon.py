@@ -25,6 +25,7 @@ from protos.v1 import generation_pb2, generation_pb2_grpc
 from scheduler.engine import Engine
 from scheduler.executor_link import ExecutorLink
 from scheduler.block_pool import BlockPool
+from scheduler.decoding import DecodeErrorInterceptor
 from scheduler.kv_link import KVStoreLink
 from scheduler.offload import OffloadConfig, Offloader
 from scheduler.scheduler import Scheduler, SchedulerConfig
@@ -32,7 +33,8 @@ from scheduler.service import GenerationService
 
 log = logging.getLogger("strata.scheduler")
 
-SERVICE_NAME = generation_pb2.DESCRIPTOR.services_by_name["Generation"].full_name
+SERVICE = generation_pb2.DESCRIPTOR.services_by_name["Generation"]
+SERVICE_NAME = SERVICE.full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 GRACE_SECONDS = 5.0
@@ -114,7 +116,8 @@ class Daemon:
         self.link = ExecutorLink(args.executor)
         self.engine: Engine | None = None
         workers = args.max_waiting + 256   # each open Generate stream holds a worker thread
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=SERVER_OPTIONS)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
+                                  interceptors=[DecodeErrorInterceptor(SERVICE)], options=SERVER_OPTIONS)
         generation_pb2_grpc.add_GenerationServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -55,14 +55,20 @@ class TextStream:
     Use: `is_stopped = push(token, is_stop_checked)` per token, `take()` for the text that is
     safe to send now, `take_final()` once at the end. After a stop string matched, the text
     ends just before it and further pushes are ignored.
+
+    Work per token is bounded by the stop strings, not by the length of the output: only text
+    not sent yet is kept (after `take()`, the held tail of len(longest stop) - 1 characters), and
+    each stop string is searched for only where it could end in the new text:
+
+        unsent:  ... sent | held tail (<= longest - 1) | new delta |
+                          `------------ searched --------------'
     """
 
     def __init__(self, tokenizer: Tokenizer, prompt_token_ids: Sequence[int], stop: Sequence[str] = ()):
         self.detokenizer = IncrementalDetokenizer(tokenizer, prompt_token_ids)
         self.stop = tuple(stop)
         self.num_held_chars = max(map(len, self.stop), default=1) - 1
-        self.text = ""
-        self.num_sent_chars = 0
+        self.unsent = ""
         self.is_stopped = False
 
     def push(self, token_id: int, is_stop_checked: bool = True) -> bool:
@@ -76,7 +82,7 @@ class TextStream:
 
     def take(self) -> str:
         """Text not sent yet that can no longer turn into a stop string."""
-        end = len(self.text) if self.is_stopped else len(self.text) - self.num_held_chars
+        end = len(self.unsent) if self.is_stopped else len(self.unsent) - self.num_held_chars
         return self._take_until(end)
 
     def take_final(self, is_stop_checked: bool = True) -> str:
@@ -85,22 +91,22 @@ class TextStream:
             tail = self.detokenizer.flush()
             if tail:
                 self._append(tail, is_stop_checked)
-        return self._take_until(len(self.text))
+        return self._take_until(len(self.unsent))
 
     def _append(self, delta: str, is_stop_checked: bool) -> None:
-        # A stop string may start up to len(stop)-1 characters before the new delta.
-        search_from = max(0, len(self.text) - self.num_held_chars)
-        self.text += delta
+        # A stop string may start up to len(stop)-1 characters before the new delta; take()
+        # always leaves those characters unsent.
+        search_from = max(0, len(self.unsent) - self.num_held_chars)
+        self.unsent += delta
         if not (self.stop and is_stop_checked):
             return
-        matches = [i for i in (self.text.find(s, search_from) for s in self.stop) if i >= 0]
+        matches = [i for i in (self.unsent.find(s, search_from) for s in self.stop) if i >= 0]
         if matches:
-            self.text = self.text[:min(matches)]
+            self.unsent = self.unsent[:min(matches)]
             self.is_stopped = True
 
     def _take_until(self, end: int) -> str:
-        if end <= self.num_sent_chars:
+        if end <= 0:
             return ""
-        chunk = self.text[self.num_sent_chars:end]
-        self.num_sent_chars = end
+        chunk, self.unsent = self.unsent[:end], self.unsent[end:]
         return chunk

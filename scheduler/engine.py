@@ -5,6 +5,7 @@ gRPC handlers never touch the scheduler. They hand requests and aborts over thro
 """
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -59,7 +60,7 @@ class Engine:
     # ---- handler threads -----------------------------------------------------------------
     def submit(self, request: Request) -> RequestStream:
         """Queue a validated request; raises AlreadyExists / ResourceExhausted."""
-        stream = RequestStream(request, self.tokenizer)
+        stream = RequestStream(request, self.tokenizer, functools.partial(self.abort, request))
         with self.lock:
             if request.request_id in self.streams:
                 raise AlreadyExists(f"request_id {request.request_id!r} is already in flight: "

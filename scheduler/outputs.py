@@ -16,8 +16,6 @@ class Usage(NamedTuple):
 class RequestOutput(NamedTuple):
     request_id: str
     token_ids: list[int]
-    # Text when the scheduler had to detokenize (stop strings); None: the stream decodes.
-    text: str | None
     logprobs: list[common_pb2.TokenLogprobs]
     finish_reason: FinishReason | None
     usage: Usage | None
@@ -29,13 +27,8 @@ class RequestOutput(NamedTuple):
 
 def make_output(request: Request, token_ids: list[int],
                 logprobs: list[common_pb2.TokenLogprobs]) -> RequestOutput:
-    is_finished = request.finish_reason is not None
-    text = None
-    stream = request.text_stream
-    if stream is not None:
-        text = stream.take_final(is_stop_checked=False) if is_finished else stream.take()
     usage = None
-    if is_finished:
+    if request.finish_reason is not None:
         usage = Usage(request.num_prompt_tokens, len(request.output_token_ids),
                       request.num_cached_tokens or 0)
-    return RequestOutput(request.request_id, token_ids, text, logprobs, request.finish_reason, usage)
+    return RequestOutput(request.request_id, token_ids, logprobs, request.finish_reason, usage)

@@ -5,7 +5,6 @@ import enum
 from dataclasses import dataclass, field
 
 from protos.v1 import common_pb2
-from scheduler.detokenizer import TextStream
 
 
 class RequestStatus(enum.Enum):
@@ -55,8 +54,6 @@ class Request:
     num_preemptions: int = 0
     num_failed_steps: int = 0         # executor steps that failed (not rejected) while it ran
     is_prefetched: bool = False       # its kvstore pages were asked into RAM while it waited
-    # Set for requests with stop strings: the scheduler must see text to know when to stop.
-    text_stream: TextStream | None = None
 
     def __post_init__(self) -> None:
         if not self.token_ids:

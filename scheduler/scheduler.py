@@ -260,12 +260,7 @@ class Scheduler:
         token_id = sampled.token_id
         request.output_token_ids.append(token_id)
         request.token_ids.append(token_id)
-        is_stop_matched = False
-        if request.text_stream is not None:
-            is_checked = len(request.output_token_ids) >= request.stopping.min_tokens
-            is_stop_matched = request.text_stream.push(token_id, is_checked)
-        reason = check_stop(request, self.config.eos_token_ids, self.config.max_model_len,
-                            is_stop_matched)
+        reason = check_stop(request, self.config.eos_token_ids, self.config.max_model_len)
         if reason is not None:
             self.running.remove(request)
             self._finish(request, reason)

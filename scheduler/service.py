@@ -8,11 +8,11 @@ from tokenizers import Tokenizer
 
 from protos.v1 import executor_pb2, generation_pb2, generation_pb2_grpc
 from scheduler.block_hash import make_namespace
-from scheduler.detokenizer import TextStream
 from scheduler.engine import Engine
 from scheduler.errors import Unavailable, maps_api_errors
 from scheduler.request import Request
-from scheduler.validation import ModelLimits, check_sampling, prompt_token_ids, stop_criteria
+from scheduler.validation import (ModelLimits, check_sampling, check_sizes, prompt_token_ids,
+                                  stop_criteria)
 
 
 class GenerationService(generation_pb2_grpc.GenerationServicer):
@@ -65,13 +65,11 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
 
     def make_request(self, message: generation_pb2.GenerateRequest) -> Request:
         """Validate a GenerateRequest (raises InvalidArgument) into a scheduler Request."""
+        check_sizes(message)
         prompt = prompt_token_ids(message, self.tokenizer, self.limits)
         check_sampling(message.sampling)
         stopping = stop_criteria(message, len(prompt), self.limits)
         namespace = make_namespace(self.describe.model_id, self.describe.kv_dtype, self.page_shape,
                                    message.cache_salt)
-        request = Request(message.request_id or uuid.uuid4().hex, prompt, message.sampling,
-                          stopping, namespace, next(self.arrivals), message.priority)
-        if stopping.stop:
-            request.text_stream = TextStream(self.tokenizer, prompt, stopping.stop)
-        return request
+        return Request(message.request_id or uuid.uuid4().hex, prompt, message.sampling,
+                       stopping, namespace, next(self.arrivals), message.priority)

@@ -1,6 +1,7 @@
 """GenerateRequest -> scheduler Request, or an InvalidArgument that says what to change."""
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 from tokenizers import Tokenizer
@@ -11,6 +12,16 @@ from scheduler.request import StopCriteria
 
 DEFAULT_MAX_TOKENS = 16
 MAX_LOGPROBS = 20
+# As vLLM and the OpenAI API: presence and frequency penalties in [-2, 2].
+MIN_PENALTY, MAX_PENALTY = -2.0, 2.0
+# Caps on what a request may ask the server to hold and scan. Stop strings are matched after
+# every token over a window of (longest stop string - 1) + the new text, once per stop string,
+# so these two bound that work per token (64 searches over < 256 + new characters); without
+# them 4 requests with 30,000 stop strings each made an unrelated request 6.9x slower.
+MAX_NUM_STOP_STRINGS = 64
+MAX_STOP_STRING_CHARS = 256
+MAX_REQUEST_ID_CHARS = 256
+MAX_CACHE_SALT_CHARS = 256
 
 
 class ModelLimits(NamedTuple):
@@ -38,18 +49,42 @@ def prompt_token_ids(request: generation_pb2.GenerateRequest, tokenizer: Tokeniz
     return ids
 
 
+def check_sizes(request: generation_pb2.GenerateRequest) -> None:
+    """The caps above, checked before any work is done on the request."""
+    check_length("request_id", request.request_id, MAX_REQUEST_ID_CHARS)
+    check_length("cache_salt", request.cache_salt, MAX_CACHE_SALT_CHARS)
+    stop = request.stopping.stop
+    if len(stop) > MAX_NUM_STOP_STRINGS:
+        raise InvalidArgument(f"stopping.stop has {len(stop)} strings: at most "
+                              f"{MAX_NUM_STOP_STRINGS}")
+    for index, text in enumerate(stop):
+        check_length(f"stopping.stop[{index}]", text, MAX_STOP_STRING_CHARS)
+
+
+def check_length(name: str, text: str, max_chars: int) -> None:
+    if len(text) > max_chars:
+        raise InvalidArgument(f"{name} is {len(text)} characters long: at most {max_chars}")
+
+
 def check_sampling(sampling: common_pb2.SamplingParams) -> None:
-    if sampling.HasField("temperature") and not sampling.temperature >= 0:
-        raise InvalidArgument(f"sampling.temperature = {sampling.temperature}: must be >= 0 (0 is greedy)")
+    """Every float finite (NaN and inf never pass) and in its documented range."""
+    if sampling.HasField("temperature") and not 0 <= sampling.temperature < math.inf:
+        raise InvalidArgument(f"sampling.temperature = {sampling.temperature}: must be >= 0 and "
+                              "finite (0 is greedy)")
     if sampling.HasField("top_p") and not 0 < sampling.top_p <= 1:
         raise InvalidArgument(f"sampling.top_p = {sampling.top_p}: must be in (0, 1] (1 turns it off)")
     if sampling.top_k < 0:
         raise InvalidArgument(f"sampling.top_k = {sampling.top_k}: must be >= 0 (0 turns it off)")
     if not 0 <= sampling.min_p <= 1:
         raise InvalidArgument(f"sampling.min_p = {sampling.min_p}: must be in [0, 1] (0 turns it off)")
-    if sampling.HasField("repetition_penalty") and not sampling.repetition_penalty > 0:
+    if sampling.HasField("repetition_penalty") and not 0 < sampling.repetition_penalty < math.inf:
         raise InvalidArgument(f"sampling.repetition_penalty = {sampling.repetition_penalty}: "
-                              "must be > 0 (1 turns it off)")
+                              "must be > 0 and finite (1 turns it off)")
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(sampling, name)
+        if not MIN_PENALTY <= value <= MAX_PENALTY:
+            raise InvalidArgument(f"sampling.{name} = {value}: must be in [{MIN_PENALTY:g}, "
+                                  f"{MAX_PENALTY:g}] (0 turns it off)")
     if sampling.HasField("logprobs") and sampling.logprobs > MAX_LOGPROBS:
         raise InvalidArgument(f"sampling.logprobs = {sampling.logprobs}: at most {MAX_LOGPROBS}")
 

@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.v1 import common_pb2, generation_pb2
 from servers import start_daemons
+from test_decoding import with_raw_bytes
 
 GREEDY = common_pb2.SamplingParams(temperature=0.0)
 
@@ -162,6 +163,89 @@ def test_bad_input_gets_invalid_argument_then_serving_continues(server, name, re
     assert message in caught.value.details()
     tokens, _, _ = collect(server.stub, make_request([1, 2, 3], 3))
     assert len(tokens) == 3
+
+
+NAN, INF = float("nan"), float("inf")
+OUT_OF_BOUNDS = [
+    ("presence nan", {"presence_penalty": NAN}, "sampling.presence_penalty = nan: must be in [-2, 2]"),
+    ("presence -1e30", {"presence_penalty": -1e30}, "presence_penalty = -1.0000000150474662e+30: must be in [-2, 2]"),
+    ("frequency inf", {"frequency_penalty": INF}, "sampling.frequency_penalty = inf: must be in [-2, 2]"),
+    ("repetition inf", {"repetition_penalty": INF}, "sampling.repetition_penalty = inf: must be > 0 and finite"),
+    ("temperature inf", {"temperature": INF}, "sampling.temperature = inf: must be >= 0 and finite"),
+    ("top_p nan", {"top_p": NAN}, "sampling.top_p = nan: must be in (0, 1]"),
+    ("min_p nan", {"min_p": NAN}, "sampling.min_p = nan: must be in [0, 1]"),
+]
+OVER_THE_CAPS = [
+    ("65 stop strings", make_request([1], stopping=generation_pb2.StoppingCriteria(stop=["zq"] * 65)),
+     "stopping.stop has 65 strings: at most 64"),
+    ("long stop string", make_request([1], stopping=generation_pb2.StoppingCriteria(stop=["a", "z" * 257])),
+     "stopping.stop[1] is 257 characters long: at most 256"),
+    ("long request_id", make_request([1], request_id="r" * 257), "request_id is 257 characters long: at most 256"),
+    ("long cache_salt", make_request([1], cache_salt="s" * 257), "cache_salt is 257 characters long: at most 256"),
+]
+BOUNDS_CASES = [(name, make_request([1], sampling=common_pb2.SamplingParams(**fields)), message)
+                for name, fields, message in OUT_OF_BOUNDS] + OVER_THE_CAPS
+
+
+@pytest.fixture(scope="module")
+def greedy_reference(server):
+    """A normal greedy request's tokens, computed once per server."""
+    return collect(server.stub, make_request([5, 6, 7], 12))[0]
+
+
+def assert_refused_then_same_greedy_tokens(server, greedy_reference, call, message):
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in caught.value.details()
+    assert collect(server.stub, make_request([5, 6, 7], 12))[0] == greedy_reference
+
+
+@pytest.mark.parametrize("name,request_message,message", BOUNDS_CASES, ids=[c[0] for c in BOUNDS_CASES])
+def test_out_of_bounds_input_is_invalid_argument_then_greedy_tokens_are_unchanged(
+        server, greedy_reference, name, request_message, message):
+    assert_refused_then_same_greedy_tokens(server, greedy_reference,
+                                           lambda: collect(server.stub, request_message), message)
+
+
+NOT_UTF8 = [
+    ("text", "TEXT", b"T\xffXT", "text is not valid UTF-8 (byte 0xff at 1)"),
+    ("stop", "STOP", b"ST\xc3P", "stopping.stop[1] is not valid UTF-8 (byte 0xc3 at 2)"),
+    ("request_id", "ID__", b"\x80D__", "request_id is not valid UTF-8 (byte 0x80 at 0)"),
+    ("cache_salt", "SALT", b"SA\xed\xa0", "cache_salt is not valid UTF-8 (byte 0xed at 2)"),
+]
+
+
+@pytest.mark.parametrize("name,placeholder,raw,message", NOT_UTF8, ids=[c[0] for c in NOT_UTF8])
+def test_bytes_that_are_not_utf8_are_invalid_argument_naming_the_field(
+        server, greedy_reference, name, placeholder, raw, message):
+    request_message = make_request("TEXT", request_id="ID__", cache_salt="SALT", stopping=generation_pb2.StoppingCriteria(
+        max_tokens=3, stop=["ok", "STOP"]))
+    generate = server.channel.unary_stream(
+        "/strata.v1.Generation/Generate", response_deserializer=generation_pb2.GenerateResponse.FromString)
+    data = with_raw_bytes(request_message, placeholder, raw)
+    assert_refused_then_same_greedy_tokens(server, greedy_reference,
+                                           lambda: list(generate(data, timeout=60)), message)
+
+
+def test_tokenize_text_that_is_not_utf8_is_invalid_argument(server, greedy_reference):
+    tokenize = server.channel.unary_unary(
+        "/strata.v1.Generation/Tokenize", response_deserializer=generation_pb2.TokenizeResponse.FromString)
+    data = with_raw_bytes(generation_pb2.TokenizeRequest(text="abcd"), "abcd", b"ab\xfe\xff")
+    assert_refused_then_same_greedy_tokens(server, greedy_reference, lambda: tokenize(data, timeout=60),
+                                           "text is not valid UTF-8 (byte 0xfe at 2)")
+
+
+def test_the_most_stop_strings_of_the_longest_length_still_stop_exactly(server):
+    tokens, text, _ = collect(server.stub, make_request("x = 1\n", 40))
+    stop = text[10:14]
+    decoys = ["\u2603" * 256] * 63   # never generated: each is searched after every token
+    stopping = generation_pb2.StoppingCriteria(max_tokens=40, stop=decoys + [stop], ignore_eos=True)
+    stopped_tokens, stopped_text, last = collect(server.stub, make_request("x = 1\n", stopping=stopping))
+    assert stopped_text == text[:text.index(stop)]
+    assert last.finish_reason == generation_pb2.FINISH_REASON_STOP
+    assert stopped_tokens == tokens[:len(stopped_tokens)] and len(stopped_tokens) < 40
+    assert last.usage.completion_tokens == len(stopped_tokens)
 
 
 def test_duplicate_in_flight_id_is_already_exists(server):

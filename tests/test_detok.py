@@ -71,3 +71,14 @@ def test_stop_strings_are_ignored_until_checked(tokenizer):
     results += [stream.push(i) for i in ids[3:]]
     assert results[-1] and not any(results[:-1])
     assert stream.take_final() == "def f(): "
+
+
+def test_only_the_held_tail_is_kept_so_work_per_token_does_not_grow(tokenizer):
+    stop = ["x" * 40 + "never", "neither"]
+    stream = TextStream(tokenizer, [], stop)
+    pieces = []
+    for token in tokenizer.encode(TEXT * 40).ids:
+        assert not stream.push(token)
+        pieces.append(stream.take())
+        assert len(stream.unsent) <= stream.num_held_chars == 44
+    assert "".join(pieces) + stream.take_final() == TEXT * 40

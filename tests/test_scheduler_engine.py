@@ -1,5 +1,5 @@
-"""The engine loop with the fake executor (no gRPC): streams, aborts, a rejected plan, an executor
-that fails the same request every time."""
+"""The engine loop with the fake executor (no gRPC): streams, aborts, stop strings, a rejected
+plan, an executor that fails the same request every time."""
 import time
 
 import grpc
@@ -8,6 +8,7 @@ from tokenizers import Tokenizer
 
 from protos.v1 import generation_pb2
 from scheduler.engine import Engine
+from scheduler.detokenizer import TextStream
 from scheduler.errors import AlreadyExists
 from test_scheduler_policy import expected_tokens, make_request, make_scheduler
 
@@ -101,3 +102,38 @@ def test_a_request_the_executor_always_fails_is_aborted_and_serving_goes_on(engi
     good = drain(engine.submit(make_request("good", range(1, 10), max_tokens=3)))
     assert [t for r in good for t in r.token_ids] == expected_tokens(range(1, 10), 3)
     assert engine.scheduler.pool.num_free_blocks == 64 and engine.scheduler.pool.check_integrity()
+
+
+def text_of(tokenizer, prompt, tokens):
+    stream = TextStream(tokenizer, prompt)
+    return "".join(stream.take() for token in tokens if not stream.push(token)) + stream.take_final()
+
+
+def test_a_stop_string_ends_the_stream_at_its_token_and_frees_the_id_at_once(engine):
+    prompt, stop = list(range(1, 10)), "None Dec"
+    tokens = expected_tokens(prompt, 40)
+    full_text = text_of(engine.tokenizer, prompt, tokens)
+    # The first token whose text completes the stop string (the premise: it spans tokens).
+    end = next(n for n in range(1, 41) if stop in text_of(engine.tokenizer, prompt, tokens[:n]))
+    assert stop not in text_of(engine.tokenizer, prompt, tokens[end - 1:end]) and end < 30
+    request = make_request("stops", prompt, max_tokens=40, stop=(stop,))
+    responses = drain(engine.submit(request))
+    assert [t for r in responses for t in r.token_ids] == tokens[:end]
+    assert "".join(r.text for r in responses) == full_text[:full_text.index(stop)]
+    assert responses[-1].finish_reason == generation_pb2.FINISH_REASON_STOP
+    assert (responses[-1].usage.completion_tokens, responses[-1].usage.prompt_tokens) == (end, 9)
+    # The engine let go of the request before the final response: its id is free.
+    again = drain(engine.submit(make_request("stops", prompt, max_tokens=3)))
+    assert [t for r in again for t in r.token_ids] == tokens[:3]
+    assert engine.scheduler.pool.num_free_blocks == 64 and not engine.scheduler.requests
+
+
+def test_a_stop_string_before_min_tokens_is_not_a_stop(engine):
+    prompt, stop = list(range(1, 10)), "None Dec"
+    tokens = expected_tokens(prompt, 40)
+    end = next(n for n in range(1, 41) if stop in text_of(engine.tokenizer, prompt, tokens[:n]))
+    request = make_request("late", prompt, max_tokens=40, stop=(stop,), min_tokens=end + 1)
+    responses = drain(engine.submit(request))
+    assert [t for r in responses for t in r.token_ids] == tokens
+    assert "".join(r.text for r in responses) == text_of(engine.tokenizer, prompt, tokens)
+    assert responses[-1].finish_reason == generation_pb2.FINISH_REASON_LENGTH
