@@ -58,6 +58,7 @@ class KVStoreLink:
         self.wake = threading.Event()
         self.lock = threading.Lock()
         self.num_reconnects = 0
+        self.last_register_failure: tuple | None = None   # (code, details) last logged
         self.monitor = threading.Thread(target=self._monitor, name="kvstore-link", daemon=True)
 
     @property
@@ -90,9 +91,23 @@ class KVStoreLink:
                                                           page_bytes=self.page_bytes),
                                        metadata=self.metadata, timeout=self.timeout_s)
         except grpc.RpcError as error:
-            log.debug("kvstore %s: register failed: %s", self.address, error.code())
+            self._log_register_failure(error)
             return None
+        self.last_register_failure = None
         return Layout(reply.arena_id, reply.arena_path, reply.slot_bytes, reply.num_slots)
+
+    def _log_register_failure(self, error: grpc.RpcError) -> None:
+        """A refusal (the tier cannot hold a page, a bad token) at WARNING with the store's reason
+        and the fix, once per distinct reason; a store that is not up (yet) at DEBUG: the link
+        keeps retrying either way and the server serves by recompute meanwhile."""
+        reason = (error.code(), error.details())
+        if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
+                or reason == self.last_register_failure:
+            log.debug("kvstore %s: register failed: %s", self.address, error.code())
+            return
+        self.last_register_failure = reason
+        log.warning("kvstore %s refused to register this server's pages (%s: %s); serving without "
+                    "it by recompute until that is fixed", self.address, error.code().name, error.details())
 
     def take_registered(self) -> Layout | None:
         """Engine thread: a registered layout the executor must map before set_up()."""
