@@ -119,7 +119,8 @@ class PageFiles:
         try:
             written = os.pwritev(fd, [header, slot[:align_up(page_bytes)]], 0)
             if written != file_bytes(page_bytes):
-                raise OSError(errno.EIO, f"short write of {tmp}")
+                # A regular file is written short only when the disk (or a quota) is full.
+                raise OSError(errno.ENOSPC, f"short write of {tmp}: the disk is full")
             if self.fsync is FsyncMode.ALWAYS:
                 os.fsync(fd)
         except BaseException:

@@ -11,6 +11,7 @@ re-checks what it read before); methods marked "unlocked" are called without it.
 on `self.io`, a thread pool of pread/pwrite workers that never takes the lock.
 """
 import enum
+import errno
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -145,15 +146,26 @@ class Tiers:
         try:
             self.io.submit(self.disk.write, entry.key, slot, entry.page_bytes).result()
         except OSError as error:
-            log.warning("NVMe store skipped: %s", error)
             with self.lock:
                 self.num_disk_bytes -= num_bytes
                 self.counters[Tier.DISK].num_store_skips += 1
+                if error.errno == errno.ENOSPC:
+                    self._shrink_disk_budget()
+                    return False
+            log.warning("NVMe store skipped: %s", error)
             return False
         with self.lock:
             entry.is_on_disk = True
             self.counters[Tier.DISK].bytes_in += entry.page_bytes
         return True
+
+    def _shrink_disk_budget(self) -> None:
+        """Lock held. The disk is full below the configured size: the budget becomes what the
+        tier holds now, so later stores evict its LRU pages instead of failing one by one."""
+        configured, self.disk_capacity_bytes = self.disk_capacity_bytes, self.num_disk_bytes
+        log.warning("NVMe tier: the disk is full at %d bytes of pages, below its budget of %d; the "
+                    "budget is now %d bytes (give --disk-size at most the free space)",
+                    self.num_disk_bytes, configured, self.disk_capacity_bytes)
 
     def _reserve_disk(self, num_bytes: int) -> bool:
         """Lock held; may release it. Room for one file, dropping LRU disk pages as needed."""

@@ -3,6 +3,7 @@ process as backing). The store under test runs in this process behind real gRPC 
 socket; clients map its real shared-memory arena."""
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 
@@ -205,3 +206,34 @@ def test_prepare_load_stops_at_the_first_absent_key(make, tier):
     a, b, absent = uid("a"), uid("b"), uid("absent")
     kv.put(a, b)
     assert kv.get(a, absent, b) == [page_of(key_of(a), PAGE)]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs: room for about eight page files, far below the tier's 1 GiB budget."""
+    path = tmp_path / "small-disk"
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(path)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield path
+    subprocess.run(["umount", str(path)], check=False)
+
+
+def test_a_disk_smaller_than_its_budget_shrinks_the_budget_once_and_keeps_taking_pages(
+        shm_dir, tmp_path, small_disk, caplog):
+    config = StoreConfig(ram_bytes=NUM_SLOTS * PAGE, shm_dir=shm_dir, fsync=FsyncMode.NEVER,
+                         disk_bytes=1 << 30, disk_dir=str(small_disk))
+    kv = Harness(Store(config), f"unix:{tmp_path}/small.sock")
+    try:
+        names = [uid(i) for i in range(40)]
+        for name in names:
+            kv.put(name)
+        full = [r for r in caplog.records if "the disk is full" in r.getMessage()]
+        assert len(full) == 1 and full[0].levelname == "WARNING"
+        assert kv.store.disk_capacity_bytes <= 64 << 10   # what the disk held when it filled
+        # The tier still turns over: the latest pages evicted from RAM are on disk and load back.
+        recent = names[-NUM_SLOTS - 2:-NUM_SLOTS]
+        assert kv.get(*recent) == [page_of(key_of(n), PAGE) for n in recent]
+    finally:
+        kv.close()
