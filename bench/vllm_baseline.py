@@ -90,11 +90,6 @@ def tcmalloc_path(candidates=TCMALLOC_PATHS) -> str | None:
     return next((path for path in candidates if os.path.isfile(path)), None)
 
 
-def default_num_threads() -> int:
-    """Every CPU this process may run on: each side of a comparison gets the whole machine."""
-    return len(os.sched_getaffinity(0))
-
-
 def runner_env(setup: VllmSetup, base: dict[str, str]) -> dict[str, str]:
     """`base` (this process's environment) with vLLM's CPU, thread and allocator settings."""
     cpus = sorted(os.sched_getaffinity(0))[:setup.num_threads]
