@@ -46,10 +46,12 @@ def resolve_device(name: str) -> torch.device:
 def _describe_cpu_kernels(model) -> str:
     if model.ops is None:
         return "torch forms"
+    if model.weights.embed.dtype != torch.float32:
+        packed = ("weights reordered once for oneDNN" if model.onednn_packed
+                  else "oneDNN's through F.linear (this torch cannot reorder them once)")
+        return f"native C++ (decode attention, fused norm/SiLU/RoPE, K/V write); projections: {packed}"
     # A packed weight [copies, N, K] is written in about its first N x K slab; the rest of the
     # allocation stays virtual (kernels/csrc/packed_linear_cpu.cpp).
-    if model.weights.embed.dtype != torch.float32:
-        return "native C++ (decode attention, fused norm/SiLU/RoPE); projections are oneDNN's (F.linear)"
     resident = sum(packed[0].numel() * packed.element_size() for packed in model.packed.values())
     packed = (f"; projections multiply by MKL-packed copies of their weights (~{resident / (1 << 20):.0f} MiB)"
               if model.packed else "; no MKL packed sgemm in this torch, projections use F.linear")

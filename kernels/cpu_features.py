@@ -27,8 +27,3 @@ def bf16_flags() -> list[str]:
     """The flags of BF16_FLAGS this CPU has (empty: bf16 would be emulated)."""
     flags = cpu_flags()
     return [flag for flag in BF16_FLAGS if flag in flags]
-
-
-def has_fast_bf16() -> bool:
-    return bool(bf16_flags())
-

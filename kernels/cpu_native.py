@@ -26,6 +26,8 @@ import threading
 import time
 from pathlib import Path
 
+from kernels.cpu_features import cpu_flags
+
 log = logging.getLogger(__name__)
 
 SOURCES = [Path(__file__).parent / "csrc" / name
@@ -48,11 +50,7 @@ def _build_name() -> str:
     digest = hashlib.sha256(" ".join([*CFLAGS, torch.__version__]).encode())
     for source in SOURCES:
         digest.update(source.read_bytes())
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags"))
-        digest.update(flags.encode())
-    except (OSError, StopIteration):
-        pass
+    digest.update(" ".join(sorted(cpu_flags())).encode())
     return f"strata_cpu_kernels_{digest.hexdigest()[:12]}"
 
 
