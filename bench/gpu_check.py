@@ -184,7 +184,7 @@ def check_serve(deadline: Deadline, model: Path | None, work_dir: Path) -> list[
                         other=f"exit {child.exit_code}", is_failure=True)]
     out = work_dir / "serve.json"
     timeout_s = deadline.left()
-    argv = [sys.executable, "-m", "scheduler.cli", "bench", *SERVE_ARGS, "--launch", "--model", str(model),
+    argv = [sys.executable, "-m", "strata.cli", "bench", *SERVE_ARGS, "--launch", "--model", str(model),
             "--launch-timeout", f"{max(30.0, timeout_s - 60):.0f}", "--json", str(out)]
     child = run_child(argv, timeout_s)
     if child.exit_code is None or not out.is_file():

@@ -64,7 +64,7 @@ class ServerProcess:
 
     @property
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "scheduler.cli", "up", "--port", str(self.port), *self.server_args]
+        return [sys.executable, "-m", "strata.cli", "up", "--port", str(self.port), *self.server_args]
 
     def start(self) -> None:
         started = time.perf_counter()

@@ -72,8 +72,8 @@ class Daemon:
 
 
 def start_daemon(args: list[str], prefix_command: list[str] = (), env: dict | None = None) -> Daemon:
-    """Start `python -m scheduler.cli kvstore ARGS` and wait until it listens."""
-    command = [*prefix_command, sys.executable, "-m", "scheduler.cli", "kvstore", *args]
+    """Start `python -m strata.cli kvstore ARGS` and wait until it listens."""
+    command = [*prefix_command, sys.executable, "-m", "strata.cli", "kvstore", *args]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, env={**os.environ, **(env or {})})
     daemon = Daemon(process)

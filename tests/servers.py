@@ -27,10 +27,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.v1 import generation_pb2_grpc
-from scheduler.supervisor import stop_processes  # noqa: F401 - tests import it from here
+from strata.supervisor import stop_processes  # noqa: F401 - tests import it from here
 
 READY_SERVICE = "strata.v1.Generation"
-STRATA = [sys.executable, "-m", "scheduler.cli"]
+STRATA = [sys.executable, "-m", "strata.cli"]
 
 
 @dataclass

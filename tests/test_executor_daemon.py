@@ -38,7 +38,7 @@ def wait_ready(channel, process, timeout=60.0):
 def daemon(tmp_path_factory, llama_dir):
     run_dir = tmp_path_factory.mktemp("executor")
     listen = f"unix:{run_dir / 'executor.sock'}"
-    command = [sys.executable, "-m", "scheduler.cli", "executor", "--model", str(llama_dir),
+    command = [sys.executable, "-m", "strata.cli", "executor", "--model", str(llama_dir),
                "--listen", listen, "--block-size", str(BLOCK_SIZE), "--num-device-blocks", str(NUM_BLOCKS),
                "--max-num-batched-tokens", "64", "--data-dir", str(run_dir), *EXACT_DTYPE]
     log = open(run_dir / "executor.log", "w")
@@ -110,7 +110,7 @@ def test_bad_plan_is_invalid_argument_and_next_plan_works(daemon, name):
 
 def test_sigterm_stops_cleanly(tmp_path, llama_dir):
     listen = f"unix:{tmp_path / 'e.sock'}"
-    process = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "executor", "--model", str(llama_dir),
+    process = subprocess.Popen([sys.executable, "-m", "strata.cli", "executor", "--model", str(llama_dir),
                                 "--listen", listen, "--num-device-blocks", "8"])
     with grpc.insecure_channel(listen) as channel:
         wait_ready(channel, process)

@@ -13,7 +13,7 @@ import pytest
 from protos.v1 import generation_pb2
 from servers import child_env, start_up, stop_processes
 
-STRATA = [sys.executable, "-m", "scheduler.cli"]
+STRATA = [sys.executable, "-m", "strata.cli"]
 
 
 def child_pids(log_text: str) -> dict[str, int]:
@@ -95,7 +95,7 @@ def test_demo_streams_one_completion_and_exits_zero(llama_dir, tmp_path):
 
 
 def test_child_argv_carry_the_kv_dtype_and_the_no_reuse_baseline(tmp_path):
-    from scheduler.launcher import build_parser, child_specs
+    from strata.launcher import build_parser, child_specs
 
     def specs(*flags: str) -> dict[str, list[str]]:
         args = build_parser("strata up").parse_args(["--data-dir", str(tmp_path), *flags])
@@ -121,7 +121,7 @@ def test_scheduler_refuses_no_prefix_caching_with_a_kvstore(capsys):
 
 
 def test_kv_cache_memory_reaches_the_executor_in_bytes_and_excludes_a_block_count(tmp_path, capsys):
-    from scheduler.launcher import build_parser, child_specs
+    from strata.launcher import build_parser, child_specs
 
     parser = build_parser("strata up")
     args = parser.parse_args(["--data-dir", str(tmp_path), "--kv-cache-memory", "64MiB"])

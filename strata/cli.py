@@ -1,6 +1,6 @@
 """The `strata` command: one subcommand per daemon plus the user-facing tools.
 
-Each subcommand lives in the package that owns it and is imported only when
+Each daemon subcommand lives in the package that owns it and is imported only when
 chosen, so `strata scheduler` never imports torch and `strata kvstore` never
 imports the model code.
 """
@@ -8,9 +8,9 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "up": ("scheduler.launcher", "start all daemons on this machine and serve"),
-    "demo": ("scheduler.launcher", "start all daemons, stream one completion, stop"),
-    "generate": ("scheduler.client", "stream a completion from a running server"),
+    "up": ("strata.launcher", "start all daemons on this machine and serve"),
+    "demo": ("strata.launcher", "start all daemons, stream one completion, stop"),
+    "generate": ("strata.client", "stream a completion from a running server"),
     "scheduler": ("scheduler.daemon", "run the scheduler daemon alone"),
     "executor": ("executor.daemon", "run the executor daemon alone"),
     "kvstore": ("kvstore.daemon", "run the kvstore daemon alone"),

@@ -24,8 +24,8 @@ import grpc
 from executor.daemon import DTYPE_CHOICES, parse_bytes   # torch-free: the executor imports torch late
 from executor.default_model import default_data_dir
 from protos.v1 import generation_pb2, generation_pb2_grpc
-from scheduler.client import stream_completion
-from scheduler.supervisor import ChildSpec, Supervisor
+from strata.client import stream_completion
+from strata.supervisor import ChildSpec, Supervisor
 
 log = logging.getLogger("strata.up")
 

@@ -73,7 +73,7 @@ class Supervisor:
 
     def _spawn(self, child: Child) -> None:
         log_file = open(child.log_path, "ab")
-        command = [sys.executable, "-m", "scheduler.cli", *child.spec.argv]
+        command = [sys.executable, "-m", "strata.cli", *child.spec.argv]
         child.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
                                          start_new_session=True, preexec_fn=exit_with_parent(os.getpid()))
         log_file.close()
