@@ -1,0 +1,77 @@
+"""Binding a daemon's gRPC server to its listen addresses: unix sockets and TCP, TLS optional.
+
+gRPC servers set SO_REUSEPORT by default, so a second server on a TCP port that one already
+serves binds too and the kernel splits new connections between the two (seen: 27/13). Every
+Strata server turns it off (SERVER_OPTIONS) and bind() turns a failed bind into an exit that says
+which address is taken.
+
+With TLS credentials every TCP listener is TLS and unix sockets stay plain (only local processes
+reach them; file permissions guard them). A bearer token (runtime.token) covers every listener.
+"""
+from __future__ import annotations
+
+import grpc
+
+SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+
+
+def bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
+    """Add the listener; returns its port (1 for a unix socket). SystemExit if the address is
+    taken or cannot be bound."""
+    try:
+        port = server.add_insecure_port(address) if credentials is None else \
+            server.add_secure_port(address, credentials)
+    except RuntimeError:
+        port = 0
+    if port:
+        return port
+    if is_unix(address):
+        raise SystemExit(f"cannot listen on {address}: its directory must exist and be writable, "
+                         "and the path at most 107 bytes long")
+    raise SystemExit(f"cannot listen on {address}: the address is in use (another server on that port?) "
+                     "or not an address of this host; stop the other server or pick another port")
+
+
+def is_unix(address: str) -> bool:
+    return address.startswith("unix:")
+
+
+def is_local(address: str) -> bool:
+    """A unix socket or a loopback TCP address: only this host reaches it."""
+    host = address.rpartition(":")[0].strip("[]")
+    return is_unix(address) or host in ("127.0.0.1", "localhost", "::1")
+
+
+def server_credentials(cert_path: str, key_path: str) -> grpc.ServerCredentials:
+    """TLS credentials from a PEM certificate (chain) and its private key."""
+    with open(key_path, "rb") as key, open(cert_path, "rb") as cert:
+        return grpc.ssl_server_credentials([(key.read(), cert.read())])
+
+
+def refuse_remote_plain_tcp(addresses: list[str], flags: str) -> None:
+    """SystemExit naming the first address other hosts could reach over plain TCP; `flags` says
+    how to serve it anyway (TLS, or an explicit opt-in)."""
+    for address in addresses:
+        if not is_local(address):
+            raise SystemExit(f"refusing plain TCP on {address}: give {flags}")
+
+
+def add_listeners(server: grpc.Server, addresses: list[str],
+                  credentials: grpc.ServerCredentials | None = None) -> list[str]:
+    """Bind every address (TCP with `credentials` when given); returns them as bound: a port 0
+    replaced by the port the kernel chose, unix sockets as given."""
+    bound = []
+    for address in addresses:
+        if is_unix(address):
+            bind(server, address)
+            bound.append(address)
+        else:
+            port = bind(server, address, credentials)
+            bound.append(f"{address.rpartition(':')[0]}:{port}")
+    return bound
+
+
+def message_size_options(num_bytes: int) -> list[tuple[str, int]]:
+    """Server or channel options raising gRPC's 4 MiB message cap both ways to `num_bytes`."""
+    return [("grpc.max_send_message_length", num_bytes),
+            ("grpc.max_receive_message_length", num_bytes)]
