@@ -18,10 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from kvstore.arena import Arena, align_up
-from kvstore.client import KVStoreClient
-from kvstore.daemon import parse_size
 from kvstore.disk import FsyncMode, PageFiles
 from kvstore.testing import key_of, start_daemon
+from runtime.kvstore_client import KVStoreClient
+from runtime.sizes import parse_size
 
 PAGE_SIZES = [64 << 10, 256 << 10, 1 << 20, 4 << 20]
 

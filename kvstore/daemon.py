@@ -5,35 +5,24 @@
 import argparse
 import logging
 import os
-import re
-import signal
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from kvstore.client import CHANNEL_OPTIONS, KVStoreClient
 from kvstore.disk import FsyncMode
-from kvstore.service import SERVICE_NAME, KVStoreService, TokenInterceptor
+from kvstore.service import SERVICE_NAME, KVStoreService
 from kvstore.store import Store, StoreConfig
-from protos.listen import SERVER_OPTIONS, bind
-from protos.v1 import kvstore_pb2, kvstore_pb2_grpc
+from protos.v1 import kvstore_pb2_grpc
+from runtime.kvstore_client import CHANNEL_OPTIONS, KVStoreClient
+from runtime.listen import add_listeners, refuse_remote_plain_tcp, server_credentials
+from runtime.logs import configure_logging
+from runtime.server import Health, drain, make_server, stop_on_signals
+from runtime.sizes import parse_size
+from runtime.token import TokenInterceptor
 
 log = logging.getLogger("strata.kvstore")
-UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-         "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 DEFAULT_LISTEN = "127.0.0.1:50053"
-
-
-def parse_size(text: str) -> int:
-    """'4GiB', '512MiB', '65536' -> bytes."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    if match is None or match.group(2).lower() not in UNITS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size: use e.g. 4GiB, 512MiB, 65536")
-    return int(float(match.group(1)) * UNITS[match.group(2).lower()])
+GRACE_SECONDS = 5.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,28 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def is_local(address: str) -> bool:
-    host = address.rpartition(":")[0].strip("[]")
-    return address.startswith("unix:") or host in ("127.0.0.1", "localhost", "::1")
-
-
-def add_listeners(server: grpc.Server, args: argparse.Namespace) -> list[str]:
-    credentials = None
-    if args.tls_cert and args.tls_key:
-        with open(args.tls_key, "rb") as key, open(args.tls_cert, "rb") as cert:
-            credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
-    bound = []
-    for address in args.listen or [DEFAULT_LISTEN]:
-        if address.startswith("unix:") or credentials is None:
-            if not is_local(address) and not args.insecure:
-                raise SystemExit(f"refusing plain TCP on {address}: give --tls-cert/--tls-key "
-                                 "(or --insecure on a trusted network)")
-            port = bind(server, address)
-        else:
-            port = bind(server, address, credentials)
-        bound.append(address if address.startswith("unix:") else
-                     f"{address.rpartition(':')[0]}:{port}")
-    return bound
+def listen(server: grpc.Server, args: argparse.Namespace) -> list[str]:
+    """Every --listen address; TCP ones use TLS when --tls-cert/--tls-key are given."""
+    addresses = args.listen or [DEFAULT_LISTEN]
+    if not (args.tls_cert and args.tls_key):
+        if not args.insecure:
+            refuse_remote_plain_tcp(addresses, "--tls-cert/--tls-key (or --insecure on a trusted network)")
+        return add_listeners(server, addresses)
+    return add_listeners(server, addresses, server_credentials(args.tls_cert, args.tls_key))
 
 
 def open_backing(args: argparse.Namespace) -> KVStoreClient | None:
@@ -93,42 +68,31 @@ def open_backing(args: argparse.Namespace) -> KVStoreClient | None:
     return KVStoreClient(args.backing, token=args.backing_token, ca_pem=ca_pem)
 
 
-def build_server(store: Store, args: argparse.Namespace) -> tuple[grpc.Server, health.HealthServicer]:
-    interceptors = [TokenInterceptor(args.token)] if args.token else []
-    server = grpc.server(ThreadPoolExecutor(max_workers=16), interceptors=interceptors,
-                         options=CHANNEL_OPTIONS + SERVER_OPTIONS)
+def build_server(store: Store, args: argparse.Namespace) -> tuple[grpc.Server, Health]:
+    interceptors = [TokenInterceptor(args.token, "kvstore")] if args.token else []
+    server = make_server(16, interceptors, CHANNEL_OPTIONS)
     kvstore_pb2_grpc.add_KVStoreServicer_to_server(KVStoreService(store), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = (kvstore_pb2.DESCRIPTOR.services_by_name["KVStore"].full_name,
-             reflection.SERVICE_NAME, health.SERVICE_NAME)
-    reflection.enable_server_reflection(names, server)
-    return server, health_servicer
+    return server, Health(server, SERVICE_NAME)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="kvstore: %(message)s")
+    configure_logging()
     config = StoreConfig(ram_bytes=args.ram, shm_dir=args.shm_dir, disk_dir=args.disk,
                          disk_bytes=args.disk_size, fsync=FsyncMode(args.fsync),
                          is_write_through=args.write_through, lease_ttl_s=args.lease_ttl,
                          policy=args.policy)
     store = Store(config, open_backing(args))
     log.info("index rebuilt: %d pages in %.3f s", store.num_rebuilt, store.rebuild_s)
-    server, health_servicer = build_server(store, args)
-    bound = add_listeners(server, args)
+    server, health = build_server(store, args)
+    bound = listen(server, args)
     server.start()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health.mark_ready()
     log.info("listening on %s (ram %d bytes, disk %s, backing %s)", " ".join(bound), args.ram,
              args.disk or "off", args.backing or "off")
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals()
     stop.wait()
-    health_servicer.enter_graceful_shutdown()  # NOT_SERVING first, then drain, then the store
-    server.stop(grace=5).wait()
-    store.close()
+    drain(server, health, GRACE_SECONDS, store.close)
     log.info("stopped")
     return 0
 

@@ -1,8 +1,11 @@
-"""Errors the kvstore raises for bad input or lack of room; the service maps each to a gRPC status."""
+"""Errors the kvstore raises for bad input or lack of room; the runtime's interceptor maps each
+to its gRPC status."""
 import grpc
 
+from runtime.errors import StatusError
 
-class KVStoreError(Exception):
+
+class KVStoreError(StatusError):
     """Base: carries the gRPC status code a client sees, and a message saying what to change."""
 
     code = grpc.StatusCode.INTERNAL

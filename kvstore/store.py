@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from kvstore.client import KVStoreClient, LoadPlan, StorePlan
 from kvstore.disk import FsyncMode, PageFiles, file_bytes
 from kvstore.errors import InvalidArgument, LeaseNotFound, NoRoom, NotRegistered
 from kvstore.index import Entry, EntryState
@@ -22,6 +21,7 @@ from kvstore.policy import POLICIES
 from kvstore.ram import RamTier
 from kvstore.remote import RemotePages, check_keys
 from kvstore.tiers import Tier, TierCounters
+from runtime.kvstore_client import KVStoreClient, LoadPlan, StorePlan
 
 log = logging.getLogger("strata.kvstore")
 

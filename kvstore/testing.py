@@ -48,7 +48,8 @@ class Daemon:
     def pid(self) -> int:
         return self.process.pid
 
-    def wait_for(self, prefix: str, timeout_s: float = 30.0) -> str:
+    def wait_for(self, text: str, timeout_s: float = 30.0) -> str:
+        """The first line (from now) that holds `text`."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
@@ -57,9 +58,9 @@ class Daemon:
                 if self.process.poll() is not None:
                     break
                 continue
-            if line.startswith(prefix):
+            if text in line:
                 return line
-        raise RuntimeError(f"kvstore never printed {prefix!r}; output: {self.output}")
+        raise RuntimeError(f"kvstore never printed {text!r}; output: {self.output}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -83,5 +84,5 @@ def start_daemon(args: list[str], prefix_command: list[str] = (), env: dict | No
             daemon.output.append(line.rstrip())
             daemon.lines.put(line.rstrip())
     threading.Thread(target=pump, daemon=True).start()
-    daemon.wait_for("kvstore: listening on")
+    daemon.wait_for("strata.kvstore INFO listening on")
     return daemon

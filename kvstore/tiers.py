@@ -19,12 +19,12 @@ from dataclasses import dataclass
 
 import grpc
 
-from kvstore.client import KVStoreClient
 from kvstore.disk import CorruptPage, PageFiles, file_bytes
 from kvstore.errors import NoRoom
 from kvstore.index import Entry, EntryState, Index
 from kvstore.policy import EvictionPolicy
 from kvstore.ram import RamTier
+from runtime.kvstore_client import KVStoreClient
 
 log = logging.getLogger("strata.kvstore")
 

@@ -10,11 +10,12 @@ import time
 import grpc
 import pytest
 
-from kvstore.client import KVStoreClient, load_pages, map_arena, store_pages
+from kvstore.arena_io import load_pages, map_arena, store_pages
 from kvstore.disk import FsyncMode
 from kvstore.store import Store, StoreConfig
 from kvstore.testing import key_of, page_of, serve_in_process, start_daemon
 from protos.v1 import kvstore_pb2 as pb
+from runtime.kvstore_client import KVStoreClient
 
 PAGE = 4096
 NUM_SLOTS = 4

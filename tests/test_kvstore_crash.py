@@ -11,9 +11,10 @@ import time
 import grpc
 import pytest
 
-from kvstore.client import KVStoreClient, load_pages, map_arena, store_pages
+from kvstore.arena_io import load_pages, map_arena, store_pages
 from kvstore.disk import HEADER_BYTES, encode_file
 from kvstore.testing import key_of, page_of, start_daemon
+from runtime.kvstore_client import KVStoreClient
 
 PAGE = 16384
 

@@ -3,9 +3,10 @@ import threading
 
 import pytest
 
-from kvstore.client import KVStoreClient, map_arena
+from kvstore.arena_io import map_arena
 from kvstore.store import Store, StoreConfig
 from kvstore.testing import key_of, page_of
+from runtime.kvstore_client import KVStoreClient
 from test_kvstore_contract import PAGE, Harness, make, shm_dir, backing, uid  # noqa: F401
 
 

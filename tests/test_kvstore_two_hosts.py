@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from kvstore.client import KVStoreClient, load_pages, map_arena, store_pages
+from kvstore.arena_io import load_pages, map_arena, store_pages
 from kvstore.testing import key_of, page_of, start_daemon
 from protos.v1 import kvstore_pb2 as pb
+from runtime.kvstore_client import KVStoreClient
 
 PAGE = 65536
 ADDRESS_A, ADDRESS_B = "10.213.7.1", "10.213.7.2"
@@ -108,7 +109,7 @@ def test_page_stored_on_one_host_is_served_by_the_other(hosts):
 
 PROBE = """
 import sys, grpc
-from kvstore.client import KVStoreClient
+from runtime.kvstore_client import KVStoreClient
 client = KVStoreClient(sys.argv[1], token=sys.argv[2], ca_pem=open(sys.argv[3], "rb").read())
 try:
     client.lookup("", [bytes(32)])

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from checkpoints import load_hf_model
-from kvstore.client import KVStoreClient
 from protos.v1 import generation_pb2
+from runtime.kvstore_client import KVStoreClient
 from servers import start_daemons, start_up
 from test_api_parity import generate_tokens, greedy_request, hf_greedy
 

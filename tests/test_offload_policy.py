@@ -4,10 +4,11 @@ import time
 
 import pytest
 
-from kvstore.client import KVStoreClient, map_arena, store_pages
+from kvstore.arena_io import map_arena, store_pages
 from kvstore.store import Store, StoreConfig
 from kvstore.testing import key_of, page_of, serve_in_process
 from protos.v1 import kvstore_pb2 as pb
+from runtime.kvstore_client import KVStoreClient
 from scheduler.kv_link import KVStoreLink
 from scheduler.offload_policy import LoadPolicy, Prefetcher
 
