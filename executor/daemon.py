@@ -7,25 +7,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
-import signal
-import threading
-from concurrent import futures
 from pathlib import Path
+
+from runtime.listen import add_listeners, is_unix, message_size_options
+from runtime.logs import configure_logging
+from runtime.server import Health, drain, make_server, stop_on_signals
+from runtime.sizes import parse_size
 
 log = logging.getLogger("strata.executor")
 
 SERVICE_NAME = "strata.v1.Executor"
 MAX_MESSAGE_BYTES = 256 << 20  # pages may travel inside plans/results later
+NUM_WORKERS = 4
 GRACE_SECONDS = 2.0
-
-
-def parse_bytes(text: str) -> int:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*", text, re.IGNORECASE)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a byte size: {text!r} (e.g. 2GiB, 512MiB, 1000000)")
-    unit = (match.group(2) or "").upper().rstrip("B").rstrip("I")
-    return int(float(match.group(1)) * 1024 ** " KMGT".index(unit or " "))
 
 
 # Names the executor accepts for --dtype and --kv-cache-dtype (executor/models/loader.py DTYPES).
@@ -48,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     pool = parser.add_mutually_exclusive_group()
     pool.add_argument("--num-device-blocks", type=int)
     pool.add_argument("--kv-cache-memory", "--kv-cache-bytes", dest="kv_cache_bytes", metavar="SIZE",
-                      type=parse_bytes, help="bytes of KV pool, e.g. 64MiB or 2GiB (default: from free memory)")
+                      type=parse_size, help="bytes of KV pool, e.g. 64MiB or 2GiB (default: from free memory)")
     parser.add_argument("--max-num-batched-tokens", type=int,
                         help="token budget per step (default: 512 on a CPU, 4096 on CUDA)")
     parser.add_argument("--max-num-seqs", type=int, default=256)
@@ -82,29 +76,25 @@ def num_usable_cores() -> int:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s executor %(levelname)s %(message)s")
+    configure_logging()
     num_threads = set_thread_policy(args.num_threads)
     from executor.default_model import default_data_dir
 
     data_dir = args.data_dir or default_data_dir()
     listen = args.listen or f"unix:{data_dir / 'run' / 'executor.sock'}"
     server, health, service = start_server(listen)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals()
     try:
         service.runner = load_runner(args, data_dir, num_threads)
     except Exception as error:  # noqa: BLE001 - report the reason, not a traceback, and exit
         log.error("cannot start: %s", error)
         server.stop(0)
         return 1
-    set_ready(health, True)
+    health.mark_ready()
     log.info("ready on %s", listen)
-    while not stop.wait(1.0):
-        pass
+    stop.wait()
     log.info("shutting down")
-    set_ready(health, False)
-    server.stop(GRACE_SECONDS).wait()
+    drain(server, health, GRACE_SECONDS)
     return 0
 
 
@@ -127,39 +117,19 @@ def load_runner(args, data_dir: Path, num_threads: int):
 
 
 def start_server(listen: str):
-    import grpc
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-    from grpc_reflection.v1alpha import reflection
-
+    """Serve health (readiness NOT_SERVING) and every RPC (UNAVAILABLE) while the model loads."""
     from executor.service import ExecutorService
-    from protos.listen import SERVER_OPTIONS, bind
-    from protos.v1 import executor_pb2, executor_pb2_grpc
+    from protos.v1 import executor_pb2_grpc
 
-    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-               ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=options + SERVER_OPTIONS)
+    server = make_server(NUM_WORKERS, options=message_size_options(MAX_MESSAGE_BYTES))
     service = ExecutorService()
     executor_pb2_grpc.add_ExecutorServicer_to_server(service, server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = (executor_pb2.DESCRIPTOR.services_by_name["Executor"].full_name, reflection.SERVICE_NAME,
-             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
-    reflection.enable_server_reflection(names, server)
-    if listen.startswith("unix:"):
+    health = Health(server, SERVICE_NAME)
+    if is_unix(listen):
         Path(listen.removeprefix("unix:")).parent.mkdir(parents=True, exist_ok=True)
         Path(listen.removeprefix("unix:")).unlink(missing_ok=True)  # a stale socket of a dead run
-    port = bind(server, listen)
+    bound = add_listeners(server, [listen])[0]
     server.start()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
-    log.info("listening on %s%s (loading the model)", listen, f" (port {port})" if listen.endswith(":0") else "")
-    return server, health_servicer, service
-
-
-def set_ready(health_servicer, is_ready: bool) -> None:
-    from grpc_health.v1 import health_pb2
-
-    status = health_pb2.HealthCheckResponse.SERVING if is_ready else health_pb2.HealthCheckResponse.NOT_SERVING
-    health_servicer.set(SERVICE_NAME, status)
-    if not is_ready:
-        health_servicer.set("", status)
+    log.info("listening on %s%s (loading the model)", listen,
+             f" (port {bound.rpartition(':')[2]})" if listen.endswith(":0") else "")
+    return server, health, service

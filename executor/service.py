@@ -1,35 +1,16 @@
-"""strata.v1.Executor over gRPC: each RPC is a few lines around the Runner."""
+"""strata.v1.Executor over gRPC: each RPC is a few lines around the Runner.
+
+PlanError (INVALID_ARGUMENT, state untouched) and ArenaError (FAILED_PRECONDITION) are runtime
+StatusErrors: the runtime's interceptor maps them; anything else is INTERNAL, logged."""
 from __future__ import annotations
 
-import functools
-import logging
 import threading
 
 import grpc
 
-from executor.errors import ArenaError, PlanError
 from executor.runner import Runner
 from protos.v1 import executor_pb2, executor_pb2_grpc
-
-log = logging.getLogger(__name__)
-
-
-def maps_errors(method):
-    """PlanError -> INVALID_ARGUMENT (state untouched); anything else -> INTERNAL, logged."""
-    @functools.wraps(method)
-    def wrapper(self, request, context):
-        try:
-            return method(self, request, context)
-        except PlanError as error:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        except ArenaError as error:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
-        except Exception as error:  # noqa: BLE001 - the daemon must keep serving
-            if isinstance(error, grpc.RpcError) or context.code() is not None:
-                raise
-            log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
-    return wrapper
+from runtime.errors import StatusError
 
 
 class ExecutorService(executor_pb2_grpc.ExecutorServicer):
@@ -39,31 +20,27 @@ class ExecutorService(executor_pb2_grpc.ExecutorServicer):
         self.runner: Runner | None = None
         self.lock = threading.Lock()  # one plan at a time: a step is a function of the last state
 
-    def _ready_runner(self, context) -> Runner:
+    def _ready_runner(self) -> Runner:
         if self.runner is None:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the executor is still loading its model; retry")
+            raise StatusError("the executor is still loading its model; retry", grpc.StatusCode.UNAVAILABLE)
         return self.runner
 
-    @maps_errors
     def Describe(self, request, context):
-        return describe(self._ready_runner(context))
+        return describe(self._ready_runner())
 
-    @maps_errors
     def Step(self, request, context):
-        runner = self._ready_runner(context)
+        runner = self._ready_runner()
         with self.lock:
             return runner.step(request).result
 
-    @maps_errors
     def Reset(self, request, context):
-        runner = self._ready_runner(context)
+        runner = self._ready_runner()
         with self.lock:
             num_drained = runner.reset()
         return executor_pb2.ResetResponse(num_drained_moves=num_drained)
 
-    @maps_errors
     def MapArena(self, request, context):
-        runner = self._ready_runner(context)
+        runner = self._ready_runner()
         with self.lock:
             is_pinned = runner.mover.map_arena(request.arena_id, request.arena_path,
                                                request.slot_bytes, request.num_slots)

@@ -21,9 +21,11 @@ from typing import Callable
 
 import grpc
 
-from executor.daemon import DTYPE_CHOICES, parse_bytes   # torch-free: the executor imports torch late
+from executor.daemon import DTYPE_CHOICES   # torch-free: the executor imports torch late
 from executor.default_model import default_data_dir
 from protos.v1 import generation_pb2, generation_pb2_grpc
+from runtime.logs import configure_logging
+from runtime.sizes import parse_size
 from strata.client import stream_completion
 from strata.supervisor import ChildSpec, Supervisor
 
@@ -39,7 +41,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=50051)
     pool = parser.add_mutually_exclusive_group()
     pool.add_argument("--num-device-blocks", type=int, help="KV blocks (default: from free memory)")
-    pool.add_argument("--kv-cache-memory", metavar="SIZE", type=parse_bytes,
+    pool.add_argument("--kv-cache-memory", metavar="SIZE", type=parse_size,
                       help="bytes of device KV pool, e.g. 64MiB or 2GiB (as vLLM's kv_cache_memory_bytes; "
                            "default: from free memory)")
     parser.add_argument("--block-size", type=int, default=16)
@@ -124,7 +126,7 @@ def kvstore_argv(args: argparse.Namespace, listen: str) -> list[str]:
 
 def serve(args: argparse.Namespace, on_ready: Callable[[str, threading.Event, Supervisor], int]) -> int:
     """Start the children, call on_ready(address, stop, supervisor), then stop everything."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging()
     args.data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
     log_dir = args.data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
