@@ -3,25 +3,22 @@
 Start-up: serve health (liveness "" SERVING, readiness "strata.v1.Generation" NOT_SERVING) and
 reflection at once, connect to the executor (retrying with a log line), Describe + Reset, load
 the tokenizer, start the engine thread, then mark readiness SERVING.
-Shutdown (SIGTERM / SIGINT): NOT_SERVING -> server.stop(grace) -> engine shutdown.
+Shutdown (SIGTERM / SIGINT): runtime.server.drain: NOT_SERVING -> server.stop(grace) -> engine shutdown.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import signal
 import threading
-from concurrent import futures
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from tokenizers import Tokenizer
 
-from protos.listen import SERVER_OPTIONS, bind
 from protos.v1 import generation_pb2, generation_pb2_grpc
+from runtime.listen import add_listeners
+from runtime.logs import configure_logging
+from runtime.server import Health, drain, make_server, stop_on_signals
 from scheduler.engine import Engine
 from scheduler.executor_link import ExecutorLink
 from scheduler.block_pool import BlockPool
@@ -35,8 +32,6 @@ log = logging.getLogger("strata.scheduler")
 
 SERVICE = generation_pb2.DESCRIPTOR.services_by_name["Generation"]
 SERVICE_NAME = SERVICE.full_name
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 GRACE_SECONDS = 5.0
 
 
@@ -108,52 +103,44 @@ def build_offloader(link: ExecutorLink, args: argparse.Namespace, describe) -> O
 
 
 class Daemon:
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, stop_event: threading.Event):
         self.args = args
-        self.stop_event = threading.Event()
-        self.health = health.HealthServicer()
+        self.stop_event = stop_event
         self.service = GenerationService()
         self.link = ExecutorLink(args.executor)
         self.engine: Engine | None = None
         workers = args.max_waiting + 256   # each open Generate stream holds a worker thread
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
-                                  interceptors=[DecodeErrorInterceptor(SERVICE)], options=SERVER_OPTIONS)
+        self.server = make_server(workers, [DecodeErrorInterceptor(SERVICE)])
         generation_pb2_grpc.add_GenerationServicer_to_server(self.service, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.health = Health(self.server, SERVICE_NAME)
 
     def start(self) -> bool:
-        self.port = bind(self.server, self.args.listen)
-        self.health.set("", SERVING)
-        self.health.set(SERVICE_NAME, NOT_SERVING)
+        bound = add_listeners(self.server, [self.args.listen])
         self.server.start()
-        host = self.args.listen.rsplit(":", 1)[0]
-        log.info("scheduler listening on %s:%d", host, self.port)
+        log.info("scheduler listening on %s", bound[0])
         if not self.link.wait_until_ready(self.stop_event.is_set):
             return False
         self.engine, tokenizer, describe = build_engine(self.link, self.args, self.reconnect)
         self.service.attach(self.engine, tokenizer, describe)
         self.engine.start()
-        self.health.set(SERVICE_NAME, SERVING)
+        self.health.mark_ready()
         log.info("connected to executor %s (model %s, %d blocks of %d tokens)", self.args.executor,
                  describe.architecture, describe.num_blocks, describe.block_size)
         return True
 
     def reconnect(self) -> None:
         """Engine thread: the executor failed a step; wait for it, Reset, serve again."""
-        self.health.set(SERVICE_NAME, NOT_SERVING)
+        self.health.mark_not_ready()
         if self.link.wait_until_ready(self.stop_event.is_set):
             self.link.reset()
             offloader = self.engine.scheduler.offloader if self.engine else None
             if offloader is not None and offloader.link.layout is not None:
                 if not self.link.map_arena(offloader.link.layout):   # a new executor maps nothing
                     offloader.link.mark_down("the executor cannot map its arena")
-            self.health.set(SERVICE_NAME, SERVING)
+            self.health.mark_ready()
 
     def stop(self) -> None:
-        self.health.enter_graceful_shutdown()
-        self.server.stop(GRACE_SECONDS).wait()
+        """After drain(): no RPC uses the engine any more."""
         if self.engine is not None:
             self.engine.shutdown()
             if self.engine.scheduler.offloader is not None:
@@ -162,12 +149,10 @@ class Daemon:
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    daemon = Daemon(parse_args(argv))
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: daemon.stop_event.set())
+    configure_logging()
+    daemon = Daemon(parse_args(argv), stop_on_signals())
     daemon.start()
     daemon.stop_event.wait()
     log.info("shutting down")
-    daemon.stop()
+    drain(daemon.server, daemon.health, GRACE_SECONDS, daemon.stop)
     return 0

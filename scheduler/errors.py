@@ -1,23 +1,15 @@
-"""One mapping from API errors to gRPC statuses, applied by a decorator on every RPC."""
+"""The API errors a request can get; the runtime's interceptor maps each to its gRPC status."""
 from __future__ import annotations
-
-import functools
-import inspect
-import logging
 
 import grpc
 
-log = logging.getLogger(__name__)
+from runtime.errors import StatusError
 
 
-class ApiError(Exception):
+class ApiError(StatusError):
     """A request the server refuses; `message` says what to change."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
 
 
 class InvalidArgument(ApiError):
@@ -34,23 +26,3 @@ class ResourceExhausted(ApiError):
 
 class Unavailable(ApiError):
     code = grpc.StatusCode.UNAVAILABLE
-
-
-def maps_api_errors(method):
-    """Turn ApiError raised by a unary or server-streaming RPC into its status + message."""
-    if inspect.isgeneratorfunction(method):
-        @functools.wraps(method)
-        def stream_wrapper(self, request, context):
-            try:
-                yield from method(self, request, context)
-            except ApiError as error:
-                context.abort(error.code, error.message)
-        return stream_wrapper
-
-    @functools.wraps(method)
-    def unary_wrapper(self, request, context):
-        try:
-            return method(self, request, context)
-        except ApiError as error:
-            context.abort(error.code, error.message)
-    return unary_wrapper

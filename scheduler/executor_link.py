@@ -7,6 +7,8 @@ import time
 import grpc
 
 from protos.v1 import executor_pb2, executor_pb2_grpc
+from runtime.kvstore_client import ArenaLayout
+from runtime.listen import message_size_options
 
 log = logging.getLogger(__name__)
 
@@ -18,10 +20,7 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 class ExecutorLink:
     def __init__(self, target: str):
         self.target = target
-        self.channel = grpc.insecure_channel(target, options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ])
+        self.channel = grpc.insecure_channel(target, options=message_size_options(MAX_MESSAGE_BYTES))
         self.stub = executor_pb2_grpc.ExecutorStub(self.channel)
 
     def wait_until_ready(self, is_stopping=lambda: False, max_backoff_s: float = 5.0) -> bool:
@@ -44,8 +43,8 @@ class ExecutorLink:
     def reset(self) -> None:
         self.stub.Reset(executor_pb2.ResetRequest(), timeout=30)
 
-    def map_arena(self, layout) -> bool:
-        """Ask the executor to map a kvstore arena (a kv_link.Layout); False (logged) on failure."""
+    def map_arena(self, layout: ArenaLayout) -> bool:
+        """Ask the executor to map a kvstore arena; False (logged) on failure."""
         try:
             self.stub.MapArena(executor_pb2.MapArenaRequest(
                 arena_id=layout.arena_id, arena_path=layout.arena_path,

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import grpc
 
 from protos.v1 import kvstore_pb2 as pb
-from protos.v1 import kvstore_pb2_grpc
+from runtime.kvstore_client import ArenaLayout, KVStoreClient
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,8 @@ RETRY_SECONDS = 1.0
 CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
-class Layout(NamedTuple):
-    arena_id: str
-    arena_path: str
-    slot_bytes: int
-    num_slots: int
-
-
-class Lease(NamedTuple):
+class SlotLease(NamedTuple):
+    """A kvstore lease as the offloader uses it: arena slots, and the key each is for."""
     lease_id: int
     slots: list[int]              # loads: slot of each leading present key
     key_indexes: list[int]        # stores: which key each slot is for (loads: 0..n-1)
@@ -48,12 +42,9 @@ class KVStoreLink:
     def __init__(self, address: str, namespace: str, page_bytes: int, token: str | None = None,
                  timeout_s: float = 5.0):
         self.address, self.namespace, self.page_bytes = address, namespace, page_bytes
-        self.channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self.stub = kvstore_pb2_grpc.KVStoreStub(self.channel)
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.timeout_s = timeout_s
-        self.layout: Layout | None = None          # mapped by the executor: the link is up
-        self.registered: Layout | None = None      # waiting for the executor to map it
+        self.client = KVStoreClient(address, token=token, timeout_s=timeout_s, options=CHANNEL_OPTIONS)
+        self.layout: ArenaLayout | None = None          # mapped by the executor: the link is up
+        self.registered: ArenaLayout | None = None      # waiting for the executor to map it
         self.is_closed = False
         self.wake = threading.Event()
         self.lock = threading.Lock()
@@ -71,7 +62,7 @@ class KVStoreLink:
     def close(self) -> None:
         self.is_closed = True
         self.wake.set()
-        self.channel.close()
+        self.client.close()
 
     # ---- up / down -----------------------------------------------------------------------
     def _monitor(self) -> None:
@@ -85,16 +76,14 @@ class KVStoreLink:
             self.wake.wait(RETRY_SECONDS)
             self.wake.clear()
 
-    def _register(self) -> Layout | None:
+    def _register(self) -> ArenaLayout | None:
         try:
-            reply = self.stub.Register(pb.RegisterRequest(namespace=self.namespace,
-                                                          page_bytes=self.page_bytes),
-                                       metadata=self.metadata, timeout=self.timeout_s)
+            layout = self.client.register(self.namespace, self.page_bytes)
         except grpc.RpcError as error:
             self._log_register_failure(error)
             return None
         self.last_register_failure = None
-        return Layout(reply.arena_id, reply.arena_path, reply.slot_bytes, reply.num_slots)
+        return layout
 
     def _log_register_failure(self, error: grpc.RpcError) -> None:
         """A refusal (the tier cannot hold a page, a bad token) at WARNING with the store's reason
@@ -109,13 +98,13 @@ class KVStoreLink:
         log.warning("kvstore %s refused to register this server's pages (%s: %s); serving without "
                     "it by recompute until that is fixed", self.address, error.code().name, error.details())
 
-    def take_registered(self) -> Layout | None:
+    def take_registered(self) -> ArenaLayout | None:
         """Engine thread: a registered layout the executor must map before set_up()."""
         with self.lock:
             layout, self.registered = self.registered, None
         return layout
 
-    def set_up(self, layout: Layout) -> None:
+    def set_up(self, layout: ArenaLayout) -> None:
         self.layout = layout
         self.num_reconnects += 1
         log.info("kvstore %s attached (arena %s, %d slots)", self.address, layout.arena_id,
@@ -129,11 +118,11 @@ class KVStoreLink:
         self.wake.set()
 
     # ---- calls (engine thread; None when down or refused) --------------------------------
-    def _call(self, method, request):
+    def _call(self, method, *args):
         if self.layout is None:
             return None
         try:
-            return method(request, metadata=self.metadata, timeout=self.timeout_s)
+            return method(*args)
         except grpc.RpcError as error:
             if error.code() in DOWN_CODES:
                 self.mark_down(f"{error.code().name}: {error.details()}")
@@ -149,37 +138,35 @@ class KVStoreLink:
 
     def lookup(self, keys: list[bytes]) -> list[int] | None:
         """Tier (pb.Tier) of each leading present key."""
-        reply = self._call(self.stub.Lookup, pb.LookupRequest(namespace=self.namespace, keys=keys))
-        return None if reply is None else list(reply.tiers)
+        result = self._call(self.client.lookup, self.namespace, keys)
+        return None if result is None else result.tiers
 
-    def prepare_store(self, keys: list[bytes]) -> Lease | None:
-        reply = self._call(self.stub.PrepareStore,
-                           pb.PrepareStoreRequest(namespace=self.namespace, keys=keys))
-        if reply is None:
+    def prepare_store(self, keys: list[bytes]) -> SlotLease | None:
+        plan = self._call(self.client.prepare_store, self.namespace, keys)
+        if plan is None:
             return None
-        if reply.slots and not self._is_same_arena(reply.arena_id):
+        if plan.slots and not self._is_same_arena(plan.arena_id):
             return None
-        return Lease(reply.lease_id, [s.slot for s in reply.slots], [s.key_index for s in reply.slots])
+        return SlotLease(plan.lease_id, [slot for _, slot in plan.slots],
+                         [key_index for key_index, _ in plan.slots])
 
     def complete_store(self, lease_id: int, is_ok: bool) -> bool:
-        reply = self._call(self.stub.CompleteStore, pb.CompleteStoreRequest(lease_id=lease_id, ok=is_ok))
-        return reply is not None
+        return self._call(self.client.complete_store, lease_id, is_ok) is not None
 
-    def prepare_load(self, keys: list[bytes]) -> Lease | None:
-        reply = self._call(self.stub.PrepareLoad,
-                           pb.PrepareLoadRequest(namespace=self.namespace, keys=keys))
-        if reply is None:
+    def prepare_load(self, keys: list[bytes]) -> SlotLease | None:
+        plan = self._call(self.client.prepare_load, self.namespace, keys)
+        if plan is None:
             return None
-        if reply.slots and not self._is_same_arena(reply.arena_id):
+        if plan.slots and not self._is_same_arena(plan.arena_id):
             return None
-        return Lease(reply.lease_id, list(reply.slots), list(range(len(reply.slots))))
+        return SlotLease(plan.lease_id, plan.slots, list(range(len(plan.slots))))
 
     def complete_load(self, lease_id: int) -> bool:
-        return self._call(self.stub.CompleteLoad, pb.CompleteLoadRequest(lease_id=lease_id)) is not None
+        return self._call(self.client.complete_load, lease_id) is not None
 
     def stats(self) -> pb.StatsResponse | None:
         """Any thread."""
         try:
-            return self.stub.Stats(pb.StatsRequest(), metadata=self.metadata, timeout=1.0)
+            return self.client.stats(timeout_s=1.0)
         except grpc.RpcError:
             return None

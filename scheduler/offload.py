@@ -26,9 +26,10 @@ from typing import Callable, NamedTuple
 
 from protos.v1 import executor_pb2
 from protos.v1 import kvstore_pb2 as pb
+from runtime.kvstore_client import ArenaLayout
 from scheduler.block_hash import extend_keys
 from scheduler.block_pool import BlockPool
-from scheduler.kv_link import KVStoreLink, Layout
+from scheduler.kv_link import KVStoreLink
 from scheduler.offload_policy import LoadPolicy, Prefetcher
 from scheduler.offload_stats import OffloadStats
 from scheduler.request import Request, RequestStatus
@@ -87,7 +88,7 @@ NOT_LOADED = Admission(False, False)
 
 class Offloader:
     def __init__(self, link: KVStoreLink, pool: BlockPool, block_size: int, page_bytes: int,
-                 map_arena: Callable[[Layout], bool], config: OffloadConfig | None = None):
+                 map_arena: Callable[[ArenaLayout], bool], config: OffloadConfig | None = None):
         """map_arena: asks the executor to map a kvstore arena (engine thread); False on failure."""
         self.link, self.pool, self.block_size = link, pool, block_size
         self.map_arena = map_arena

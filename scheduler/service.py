@@ -1,4 +1,5 @@
-"""strata.v1.Generation: each RPC validates, hands over to the engine, and maps errors once."""
+"""strata.v1.Generation: each RPC validates and hands over to the engine; an ApiError it raises
+becomes its status in the runtime's interceptor (Generate's stream included)."""
 from __future__ import annotations
 
 import itertools
@@ -9,7 +10,7 @@ from tokenizers import Tokenizer
 from protos.v1 import executor_pb2, generation_pb2, generation_pb2_grpc
 from scheduler.block_hash import make_namespace
 from scheduler.engine import Engine
-from scheduler.errors import Unavailable, maps_api_errors
+from scheduler.errors import Unavailable
 from scheduler.request import Request
 from scheduler.validation import (ModelLimits, check_sampling, check_sizes, prompt_token_ids,
                                   stop_criteria)
@@ -36,7 +37,6 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
         if self.engine is None:
             raise Unavailable("the server is not connected to its executor yet: retry shortly")
 
-    @maps_api_errors
     def Generate(self, request, context):
         self.check_ready()
         scheduled = self.make_request(request)
@@ -44,12 +44,10 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
         context.add_callback(lambda: self.engine.abort(scheduled))
         yield from stream.responses(context.is_active)
 
-    @maps_api_errors
     def Tokenize(self, request, context):
         self.check_ready()
         return generation_pb2.TokenizeResponse(ids=self.tokenizer.encode(request.text).ids)
 
-    @maps_api_errors
     def GetModelInfo(self, request, context):
         self.check_ready()
         d = self.describe
@@ -58,7 +56,6 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
             vocab_size=d.vocab_size, max_model_len=d.max_model_len, block_size=d.block_size,
             eos_token_ids=d.eos_token_ids)
 
-    @maps_api_errors
     def GetStats(self, request, context):
         self.check_ready()
         return self.engine.stats()
