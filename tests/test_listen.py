@@ -7,7 +7,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servers import STRATA, child_env, free_port, stop_processes
 
-from protos.listen import SERVER_OPTIONS, bind
+from runtime.listen import SERVER_OPTIONS, bind
 
 
 def test_bind_refuses_an_address_in_use_and_a_missing_socket_directory(tmp_path):
