@@ -7,7 +7,8 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("name", ["scheduler", "kvstore", "executor", "kernels", "protos", "bench"])
+@pytest.mark.parametrize("name", ["scheduler", "kvstore", "executor", "kernels", "protos", "bench",
+                                  "runtime"])
 def test_package_imports_from_this_repository(name):
     module = importlib.import_module(name)
     assert pathlib.Path(module.__file__).resolve().parent == REPO / name
