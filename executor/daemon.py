@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from runtime.listen import add_listeners, is_unix, message_size_options
+from runtime.listen import MESSAGE_OPTIONS, add_listeners, is_unix
 from runtime.logs import configure_logging
 from runtime.server import Health, drain, make_server, stop_on_signals
 from runtime.sizes import parse_size
@@ -17,7 +17,6 @@ from runtime.sizes import parse_size
 log = logging.getLogger("strata.executor")
 
 SERVICE_NAME = "strata.v1.Executor"
-MAX_MESSAGE_BYTES = 256 << 20  # pages may travel inside plans/results later
 NUM_WORKERS = 4
 GRACE_SECONDS = 2.0
 
@@ -121,7 +120,7 @@ def start_server(listen: str):
     from executor.service import ExecutorService
     from protos.v1 import executor_pb2_grpc
 
-    server = make_server(NUM_WORKERS, options=message_size_options(MAX_MESSAGE_BYTES))
+    server = make_server(NUM_WORKERS, options=MESSAGE_OPTIONS)
     service = ExecutorService()
     executor_pb2_grpc.add_ExecutorServicer_to_server(service, server)
     health = Health(server, SERVICE_NAME)

@@ -13,8 +13,9 @@ from kvstore.disk import FsyncMode
 from kvstore.service import SERVICE_NAME, KVStoreService
 from kvstore.store import Store, StoreConfig
 from protos.v1 import kvstore_pb2_grpc
-from runtime.kvstore_client import CHANNEL_OPTIONS, KVStoreClient
-from runtime.listen import add_listeners, refuse_remote_plain_tcp, server_credentials
+from runtime.kvstore_client import KVStoreClient
+from runtime.listen import (MESSAGE_OPTIONS, add_listeners, refuse_remote_plain_tcp,
+                            server_credentials)
 from runtime.logs import configure_logging
 from runtime.server import Health, drain, make_server, stop_on_signals
 from runtime.sizes import parse_size
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def listen(server: grpc.Server, args: argparse.Namespace) -> list[str]:
+def bind_listeners(server: grpc.Server, args: argparse.Namespace) -> list[str]:
     """Every --listen address; TCP ones use TLS when --tls-cert/--tls-key are given."""
     addresses = args.listen or [DEFAULT_LISTEN]
     if not (args.tls_cert and args.tls_key):
@@ -70,7 +71,7 @@ def open_backing(args: argparse.Namespace) -> KVStoreClient | None:
 
 def build_server(store: Store, args: argparse.Namespace) -> tuple[grpc.Server, Health]:
     interceptors = [TokenInterceptor(args.token, "kvstore")] if args.token else []
-    server = make_server(16, interceptors, CHANNEL_OPTIONS)
+    server = make_server(16, interceptors, MESSAGE_OPTIONS)
     kvstore_pb2_grpc.add_KVStoreServicer_to_server(KVStoreService(store), server)
     return server, Health(server, SERVICE_NAME)
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(config, open_backing(args))
     log.info("index rebuilt: %d pages in %.3f s", store.num_rebuilt, store.rebuild_s)
     server, health = build_server(store, args)
-    bound = listen(server, args)
+    bound = bind_listeners(server, args)
     server.start()
     health.mark_ready()
     log.info("listening on %s (ram %d bytes, disk %s, backing %s)", " ".join(bound), args.ram,

@@ -10,11 +10,7 @@ import grpc
 
 from protos.v1 import kvstore_pb2 as pb
 from protos.v1 import kvstore_pb2_grpc
-from runtime.listen import message_size_options
-
-# Pages travel whole in one message; 4 MiB pages and above need more than gRPC's 4 MiB default.
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-CHANNEL_OPTIONS = message_size_options(MAX_MESSAGE_BYTES)
+from runtime.listen import MESSAGE_OPTIONS
 
 
 class ArenaLayout(NamedTuple):
@@ -47,7 +43,7 @@ class LoadPlan(NamedTuple):
 def open_channel(address: str, ca_pem: bytes | None = None,
                  options: Sequence[tuple] = ()) -> grpc.Channel:
     """`address` is host:port or unix:/path. With `ca_pem` the channel uses TLS."""
-    options = [*CHANNEL_OPTIONS, *options]
+    options = [*MESSAGE_OPTIONS, *options]
     if ca_pem is None:
         return grpc.insecure_channel(address, options=options)
     credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)

@@ -13,6 +13,12 @@ from __future__ import annotations
 import grpc
 
 SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+# The internal links (scheduler <-> executor, kvstore clients) carry whole messages up to this:
+# gRPC's 4 MiB default is too small for a plan of 256 full 4k-token prompts or a 4 MiB page.
+# Both ends of a link use MESSAGE_OPTIONS; the public Generation API keeps gRPC's default.
+MAX_MESSAGE_BYTES = 256 << 20
+MESSAGE_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
 
 
 def bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None = None) -> int:
@@ -69,9 +75,3 @@ def add_listeners(server: grpc.Server, addresses: list[str],
             port = bind(server, address, credentials)
             bound.append(f"{address.rpartition(':')[0]}:{port}")
     return bound
-
-
-def message_size_options(num_bytes: int) -> list[tuple[str, int]]:
-    """Server or channel options raising gRPC's 4 MiB message cap both ways to `num_bytes`."""
-    return [("grpc.max_send_message_length", num_bytes),
-            ("grpc.max_receive_message_length", num_bytes)]

@@ -8,19 +8,15 @@ import grpc
 
 from protos.v1 import executor_pb2, executor_pb2_grpc
 from runtime.kvstore_client import ArenaLayout
-from runtime.listen import message_size_options
+from runtime.listen import MESSAGE_OPTIONS
 
 log = logging.getLogger(__name__)
-
-# Plans of a few thousand requests stay far below this; the default 4 MiB is not enough for
-# 256 full prompts of 4k tokens sent in one plan.
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
 class ExecutorLink:
     def __init__(self, target: str):
         self.target = target
-        self.channel = grpc.insecure_channel(target, options=message_size_options(MAX_MESSAGE_BYTES))
+        self.channel = grpc.insecure_channel(target, options=MESSAGE_OPTIONS)
         self.stub = executor_pb2_grpc.ExecutorStub(self.channel)
 
     def wait_until_ready(self, is_stopping=lambda: False, max_backoff_s: float = 5.0) -> bool:

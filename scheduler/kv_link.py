@@ -28,7 +28,7 @@ DOWN_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EX
                         grpc.StatusCode.UNAUTHENTICATED})
 RETRY_SECONDS = 1.0
 # Reconnect within a couple of seconds of a restarted kvstore (gRPC's default backoff grows to 2 min).
-CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
+RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
 class SlotLease(NamedTuple):
@@ -42,7 +42,7 @@ class KVStoreLink:
     def __init__(self, address: str, namespace: str, page_bytes: int, token: str | None = None,
                  timeout_s: float = 5.0):
         self.address, self.namespace, self.page_bytes = address, namespace, page_bytes
-        self.client = KVStoreClient(address, token=token, timeout_s=timeout_s, options=CHANNEL_OPTIONS)
+        self.client = KVStoreClient(address, token=token, timeout_s=timeout_s, options=RECONNECT_OPTIONS)
         self.layout: ArenaLayout | None = None          # mapped by the executor: the link is up
         self.registered: ArenaLayout | None = None      # waiting for the executor to map it
         self.is_closed = False
