@@ -19,23 +19,27 @@ TOKEN = "s3cret"
 DENIED = (Code.UNAUTHENTICATED, "missing or wrong bearer token: pass the kvstore's --token")
 
 
-def slow(request: bytes, context) -> bytes:
-    time.sleep(float(request))
-    return b"done"
-
-
 def pages(request: bytes, context):
     yield from (b"p0", b"p1")
 
 
-HANDLERS = {"Slow": grpc.unary_unary_rpc_method_handler(slow),
+def handlers(started: threading.Event, on_return) -> dict:
+    """test.Echo: Slow sets `started`, sleeps `request` seconds, then calls on_return()."""
+    def slow(request: bytes, context) -> bytes:
+        started.set()
+        time.sleep(float(request))
+        on_return()
+        return b"done"
+    return {"Slow": grpc.unary_unary_rpc_method_handler(slow),
             "Pages": grpc.unary_stream_rpc_method_handler(pages),
             "Put": grpc.stream_unary_rpc_method_handler(lambda requests, context: b"%d" % len(list(requests)))}
 
 
-def serve(tmp_path, interceptors=()):
+def serve(tmp_path, interceptors=(), started=None, on_return=lambda: None):
     server = make_server(4, interceptors)
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Echo", HANDLERS)])
+    echo = grpc.method_handlers_generic_handler("test.Echo",
+                                                handlers(started or threading.Event(), on_return))
+    server.add_generic_rpc_handlers([echo])
     health = Health(server, "test.Echo")
     bound = add_listeners(server, ["127.0.0.1:0", f"unix:{tmp_path}/s.sock"])
     server.start()
@@ -100,23 +104,22 @@ def test_readiness_is_not_serving_until_marked_and_liveness_serves_at_once(tmp_p
 
 
 def test_drain_goes_not_serving_then_lets_calls_finish_then_closes(tmp_path):
-    server, health, bound = serve(tmp_path)
+    events, started = [], threading.Event()
+    server, health, bound = serve(tmp_path, started=started, on_return=lambda: events.append(
+        ("handler returned", statuses_in_process(health))))
     health.mark_ready()
-    events = []
     with grpc.insecure_channel(bound[0]) as channel:
         in_flight = channel.unary_unary("/test.Echo/Slow").future(b"0.5", timeout=10)
-        time.sleep(0.1)
-
-        def close():
-            events.append(("closed", in_flight.done(), statuses_in_process(health)))
-        drainer = threading.Thread(target=drain, args=(server, health, 5.0, close))
+        assert started.wait(10)
+        drainer = threading.Thread(target=drain, args=(
+            server, health, 5.0, lambda: events.append(("closed", statuses_in_process(health)))))
         drainer.start()
-        assert in_flight.result() == b"done"
-        events.append(("call done",))
+        assert in_flight.result() == b"done"   # in flight when the drain began: it finished
         drainer.join(10)
-        health.mark_ready()   # ignored once draining
-        assert statuses_in_process(health) == [NOT_SERVING, NOT_SERVING]
-    assert events == [("call done",), ("closed", True, [NOT_SERVING, NOT_SERVING])]
+    health.mark_ready()   # ignored once draining
+    assert statuses_in_process(health) == [NOT_SERVING, NOT_SERVING]
+    assert events == [("handler returned", [NOT_SERVING, NOT_SERVING]),   # draining already
+                      ("closed", [NOT_SERVING, NOT_SERVING])]
 
 
 def test_listeners_report_the_bound_port_and_which_addresses_are_local(tmp_path):
