@@ -29,7 +29,3 @@ def scratch(num_elements: int, dtype: torch.dtype, device: torch.device) -> Tens
         buffers[key] = buffer
     return buffer[:num_elements]
 
-
-def release_scratch() -> None:
-    """Drop this thread's buffers (e.g. after a burst of large batches)."""
-    _local.buffers = {}
