@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -41,6 +42,9 @@ class ChildSpec:
     health_target: str        # where its grpc.health.v1 answers
     ready_service: str        # readiness service name, e.g. "strata.v1.Executor"
     ready_timeout_s: float = 600.0
+    # Called with the pid of a child that exited, once it is reaped (e.g. remove a dead
+    # kvstore's arena files, whose RAM tmpfs keeps until they are unlinked).
+    on_exit: Callable[[int], None] | None = None
 
 
 @dataclass(slots=True)
@@ -111,6 +115,7 @@ class Supervisor:
         if code >= 0 or child.num_restarts + 1 >= MAX_START_ATTEMPTS or should_stop():
             raise RuntimeError(f"{child.spec.name} exited with code {code} while starting "
                                f"({child.num_restarts + 1} attempts); its log:\n{tail(child.log_path)}")
+        self._reaped(child)
         delay = backoff_seconds(child.num_restarts)
         log.error("%s exited with code %s while starting; starting it again in %.0fs (attempt %d of "
                   "%d; log: %s)", child.spec.name, code, delay, child.num_restarts + 2,
@@ -130,6 +135,7 @@ class Supervisor:
             if child.process.poll() is None:
                 continue
             if child.restart_at is None:
+                self._reaped(child)
                 delay = backoff_seconds(child.num_restarts)
                 child.restart_at = now + delay
                 log.error("%s exited with code %s; restarting in %.0fs (log: %s)", child.spec.name,
@@ -143,6 +149,14 @@ class Supervisor:
         """Stop every child, in reverse start order (see stop_processes)."""
         stop_processes([c.process for c in reversed(self.children) if c.process is not None],
                        STOP_GRACE_SECONDS)
+        for child in self.children:
+            if child.process is not None:
+                self._reaped(child)
+
+    @staticmethod
+    def _reaped(child: Child) -> None:
+        if child.spec.on_exit is not None:
+            child.spec.on_exit(child.process.pid)
 
 
 def backoff_seconds(num_restarts: int) -> float:

@@ -1,6 +1,6 @@
-"""`strata up` while its children start: an executor killed while it loads is started again and
+"""`strata up` while its children start and die: an executor killed while it loads is started again and
 the server then serves the right tokens; one that exits by itself fails the start at once; the
-launcher says what it waits for."""
+launcher says what it waits for; a killed kvstore's arena files are removed by the launcher."""
 import os
 import re
 import shutil
@@ -83,3 +83,30 @@ def test_an_executor_that_cannot_start_ends_the_start_at_once(tmp_path):
     assert "no-such-model" in log_text
     assert "starting it again" not in log_text
     assert time.monotonic() - started < 60
+
+
+def test_a_killed_kvstores_arena_is_removed_by_the_launcher(llama_dir):
+    """kill -9 of the kvstore leaves its RAM arena in /dev/shm; `strata up` sees it die, unlinks
+    its files before starting the next one, and the server keeps serving."""
+    run_dir = Path(tempfile.mkdtemp(prefix="st"))
+    port = free_port()
+    up_log = run_dir / "up.log"
+    process = spawn(["up", "--port", str(port), *EXACT_DTYPE, "--model", str(llama_dir),
+                     "--num-device-blocks", "64", "--data-dir", str(run_dir / "data"),
+                     "--kvstore-ram", "64MiB"], up_log)
+    try:
+        channel = wait_ready(f"127.0.0.1:{port}", [process], run_dir, timeout_s=180)
+        stub = generation_pb2_grpc.GenerationStub(channel)
+        before = greedy_tokens(stub)   # registers: the arena file exists from here on
+        pid = int(re.search(r"started kvstore \(pid (\d+)", read(up_log)).group(1))
+        arenas = wait_for(lambda: [n for n in os.listdir("/dev/shm") if n.startswith(f"strata-kv-{pid}-")],
+                          30, "the kvstore's arena file")
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: f"removed the arena files of the dead kvstore (pid {pid})" in read(up_log), 30,
+                 "the launcher to remove the arena")
+        assert not [name for name in arenas if os.path.exists(f"/dev/shm/{name}")]
+        assert greedy_tokens(stub) == before
+        channel.close()
+    finally:
+        assert stop_processes([process], grace_s=30) == [0]
+        shutil.rmtree(run_dir, ignore_errors=True)
