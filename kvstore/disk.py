@@ -132,12 +132,6 @@ class PageFiles:
         os.rename(tmp, final)
         self._sync_dir(os.path.dirname(final))
 
-    def write_bytes(self, key: bytes, data: bytes) -> None:
-        """Write a page that is not in an arena slot (copied once into an aligned buffer)."""
-        buffer = aligned_buffer(len(data))
-        buffer[:len(data)] = data
-        self.write(key, memoryview(buffer), len(data))
-
     def _sync_dir(self, directory: str) -> None:
         if self.fsync is FsyncMode.ALWAYS:
             fd = os.open(directory, os.O_RDONLY)
