@@ -68,7 +68,7 @@ def test_sizes_parse():
 
 def test_disk_size_smaller_than_a_page_skips_stores_and_keeps_serving(make, tmp_path):
     kv = make("ram+nvme")
-    kv.store.disk_capacity_bytes = PAGE  # below one page file (header + page)
+    kv.store.disk.capacity_bytes = PAGE  # below one page file (header + page)
     names = [uid(i) for i in range(6)]
     for name in names:
         kv.put(name)
@@ -84,7 +84,7 @@ def test_enospc_degrades_the_nvme_tier_and_the_daemon_keeps_serving(make, tmp_pa
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", mount], check=True)
     try:
         from kvstore.disk import FsyncMode, PageFiles
-        kv.store.disk = PageFiles(mount, FsyncMode.NEVER)  # the disk fills after a few pages
+        kv.store.disk.files = PageFiles(mount, FsyncMode.NEVER)  # the disk fills after a few pages
         names = [uid(i) for i in range(14)]
         for name in names:
             kv.put(name)
