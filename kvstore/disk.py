@@ -78,7 +78,7 @@ def encode_file(key: bytes, data: bytes) -> bytes:
 
 
 class PageFiles:
-    """Synchronous page-file I/O (the store calls it from its I/O threads, never under its lock)."""
+    """Synchronous page-file I/O (the NVMe tier calls it from its I/O threads, never locked)."""
 
     def __init__(self, root: str, fsync: FsyncMode) -> None:
         self.root = root
