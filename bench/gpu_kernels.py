@@ -40,7 +40,7 @@ CASES = [
 ]
 
 
-class Timing(NamedTuple):
+class GpuKernelTiming(NamedTuple):
     case: Case
     ms: float
     kv_bytes: int
@@ -100,7 +100,7 @@ def num_flops(case: Case) -> int:
     return 4 * HEAD_DIM * NUM_HEADS * case.num_seqs * num_visible
 
 
-def measure(case: Case) -> Timing:
+def measure(case: Case) -> GpuKernelTiming:
     from kernels import paged_attention_triton
 
     inputs = paged_inputs(case, torch.Generator(device="cuda").manual_seed(0))
@@ -112,4 +112,4 @@ def measure(case: Case) -> Timing:
     probe_ms = time_ms(lambda: target.copy_(source))
     del source, target
     torch.cuda.empty_cache()
-    return Timing(case, ms, kv_bytes, probe_ms, num_flops(case))
+    return GpuKernelTiming(case, ms, kv_bytes, probe_ms, num_flops(case))
