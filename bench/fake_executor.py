@@ -3,7 +3,7 @@
 It applies plans exactly as executor.proto defines them (full requests once, then diffs,
 num_computed_tokens checked, one token sampled when a request reaches the end of its known
 tokens) and "samples" a deterministic function of the request's tokens, so a test can predict
-every output. Plan errors raise PlanError (the real executor answers INVALID_ARGUMENT).
+every output. Plan errors raise FakePlanError (the real executor answers INVALID_ARGUMENT).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from protos.v1 import executor_pb2
 
 
-class PlanError(ValueError):
+class FakePlanError(ValueError):
     pass
 
 
@@ -44,7 +44,7 @@ class FakeExecutor:
         scheduled = []
         for new in plan.new_requests:
             if new.request_id in self.requests:
-                raise PlanError(f"request {new.request_id} sent in full twice")
+                raise FakePlanError(f"request {new.request_id} sent in full twice")
             state = FakeRequestState(list(new.prompt_token_ids) + list(new.output_token_ids),
                                      list(new.block_ids), new.num_computed_tokens)
             self.requests[new.request_id] = state
@@ -52,7 +52,7 @@ class FakeExecutor:
         for diff in plan.running:
             state = self.requests.get(diff.request_id)
             if state is None or state.num_computed_tokens != diff.num_computed_tokens:
-                raise PlanError(f"request {diff.request_id}: unknown or computed count mismatch")
+                raise FakePlanError(f"request {diff.request_id}: unknown or computed count mismatch")
             state.block_ids += diff.new_block_ids
             scheduled.append((diff.request_id, state, diff.num_scheduled_tokens))
         sampled = []
@@ -65,14 +65,14 @@ class FakeExecutor:
                 state.token_ids.append(token)
                 sampled.append(executor_pb2.SampledToken(request_id=request_id, token_id=token))
         if total != plan.num_scheduled_tokens:
-            raise PlanError(f"num_scheduled_tokens {plan.num_scheduled_tokens} != {total}")
+            raise FakePlanError(f"num_scheduled_tokens {plan.num_scheduled_tokens} != {total}")
         return executor_pb2.StepResult(step_id=plan.step_id, sampled=sampled)
 
     def _check(self, request_id: str, state: FakeRequestState, num_tokens: int) -> None:
         end = state.num_computed_tokens + num_tokens
         if end > len(state.token_ids):
-            raise PlanError(f"request {request_id} scheduled past its known tokens")
+            raise FakePlanError(f"request {request_id} scheduled past its known tokens")
         if len(state.block_ids) * self.block_size < end:
-            raise PlanError(f"request {request_id} has too few blocks for {end} tokens")
+            raise FakePlanError(f"request {request_id} has too few blocks for {end} tokens")
         if any(not 0 <= b < self.num_blocks for b in state.block_ids):
-            raise PlanError(f"request {request_id} has a block id out of range")
+            raise FakePlanError(f"request {request_id} has a block id out of range")

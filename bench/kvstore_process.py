@@ -1,5 +1,4 @@
-"""Helpers for the kvstore's tests and benchmark: deterministic pages, daemons by PID."""
-import hashlib
+"""A `strata kvstore` process for the kvstore's tests and benchmark, started and stopped by PID."""
 import os
 import queue
 import subprocess
@@ -7,33 +6,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-
-import grpc
-
-from kvstore.daemon import build_server
-from kvstore.store import Store
-
-
-def key_of(name: str | int) -> bytes:
-    return hashlib.sha256(str(name).encode()).digest()
-
-
-def page_of(key: bytes, page_bytes: int) -> bytes:
-    """Bytes that depend on the key, so a page returned under the wrong key is caught."""
-    pattern = hashlib.sha256(b"page" + key).digest()
-    return (pattern * (page_bytes // len(pattern) + 1))[:page_bytes]
-
-
-def serve_in_process(store: Store, address: str, token: str | None = None) -> grpc.Server:
-    """A KVStore server over `store` in this process (threads), on a unix socket or port."""
-    class Args:
-        pass
-    args = Args()
-    args.token = token
-    server, _ = build_server(store, args)
-    server.add_insecure_port(address)
-    server.start()
-    return server
 
 
 @dataclass

@@ -3,9 +3,9 @@ once and loaded into other blocks gives the same next token, and bad moves are r
 import pytest
 import torch
 
+from bench.step_plans import make_plan, new_request
 from executor.engine import EngineSettings, build_runner
 from executor.errors import ArenaError, PlanError
-from executor.plans import make_plan, new_request
 from kvstore.arena import Arena, align_up
 from protos.v1 import executor_pb2
 

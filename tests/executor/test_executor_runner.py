@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from bench.step_plans import make_plan, new_request, running
 from executor.engine import EngineSettings, build_runner
 from executor.errors import PlanError
-from executor.plans import make_plan, new_request, running
 from protos.v1 import executor_pb2
 
 

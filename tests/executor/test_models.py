@@ -6,10 +6,10 @@ import pytest
 import torch
 from checkpoints import load_hf_model, make_checkpoint
 
+from bench.step_plans import SimpleDriver, make_plan, new_request, running
 from executor.engine import EngineSettings, build_runner
 from executor.errors import CheckpointError
 from executor.models import load_model, loader
-from executor.plans import SimpleDriver, make_plan, new_request, running
 
 BLOCK_SIZE = 4
 ARCH_FIXTURES = ["llama_dir", "mistral_dir", "qwen2_dir", "qwen3_dir"]

@@ -9,8 +9,8 @@ import pytest
 import torch
 from checkpoints import load_hf_model
 
+from bench.step_plans import SimpleDriver, make_plan, new_request
 from executor.engine import EngineSettings, build_runner
-from executor.plans import SimpleDriver, make_plan, new_request
 
 BLOCK_SIZE = 4
 ARCH_FIXTURES = ["llama_dir", "mistral_dir", "qwen2_dir", "qwen3_dir"]

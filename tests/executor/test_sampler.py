@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
+from bench.step_plans import SimpleDriver
 from executor.engine import EngineSettings, build_runner
-from executor.plans import SimpleDriver
 from executor.sampler import RowContext, sample
 from executor.sampling_params import Sampling
 
@@ -88,7 +88,7 @@ def test_seeded_request_is_the_same_alone_and_in_a_batch_of_16(llama_dir):
 
 
 def test_seed_depends_on_output_position_so_readmission_continues_the_stream(llama_dir):
-    from executor.plans import make_plan, new_request
+    from bench.step_plans import make_plan, new_request
 
     runner = build_runner(EngineSettings(llama_dir, dtype="float32", num_device_blocks=64, block_size=4))
     driver = SimpleDriver(4)

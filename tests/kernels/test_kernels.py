@@ -7,10 +7,10 @@ import threading
 import pytest
 import torch
 
+from bench.paged_batch import PagedBatch, make_paged_batch
 import kernels
 from kernels import paged_attention_torch, write_kv_torch
 from kernels import twin
-from kernels.testing import PagedBatch, make_paged_batch
 from kernels.workspace import scratch
 
 # (context_len, num_queries): prefill from empty, chunk after a cached prefix, decodes,

@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
+from bench.paged_batch import PagedBatch, make_paged_batch, to_device
 from kernels import paged_attention_torch, paged_attention_triton, write_kv_torch, write_kv_triton
-from kernels.testing import PagedBatch, make_paged_batch, to_device
 from kernels.triton_prefill import prefill_tile
 
 # Tiny on purpose: the interpreter runs each program in numpy, 1,600-5,000x slower than torch.

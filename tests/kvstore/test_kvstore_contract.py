@@ -10,10 +10,12 @@ import time
 import grpc
 import pytest
 
+from bench.kvstore_pages import key_of, page_of
+from bench.kvstore_process import start_daemon
 from kvstore.client import KVStoreClient, load_pages, map_arena, store_pages
 from kvstore.disk import FsyncMode
 from kvstore.store import Store, StoreConfig
-from kvstore.testing import key_of, page_of, serve_in_process, start_daemon
+from kvstore_server import serve_in_process
 from protos.v1 import kvstore_pb2 as pb
 
 PAGE = 4096

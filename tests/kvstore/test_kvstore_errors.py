@@ -6,9 +6,9 @@ import tempfile
 import grpc
 import pytest
 
+from bench.kvstore_pages import key_of, page_of
 from kvstore.client import KVStoreClient
 from kvstore.daemon import parse_size
-from kvstore.testing import key_of, page_of
 from test_kvstore_contract import PAGE, Harness, make, shm_dir, backing, uid  # noqa: F401
 from protos.v1 import kvstore_pb2 as pb
 

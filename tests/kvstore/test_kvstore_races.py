@@ -3,9 +3,9 @@ import threading
 
 import pytest
 
+from bench.kvstore_pages import key_of, page_of
 from kvstore.client import KVStoreClient, map_arena
 from kvstore.store import Store, StoreConfig
-from kvstore.testing import key_of, page_of
 from test_kvstore_contract import PAGE, Harness, make, shm_dir, backing, uid  # noqa: F401
 
 

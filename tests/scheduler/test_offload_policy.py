@@ -4,9 +4,10 @@ import time
 
 import pytest
 
+from bench.kvstore_pages import key_of, page_of
 from kvstore.client import KVStoreClient, map_arena, store_pages
 from kvstore.store import Store, StoreConfig
-from kvstore.testing import key_of, page_of, serve_in_process
+from kvstore_server import serve_in_process
 from protos.v1 import kvstore_pb2 as pb
 from scheduler.kv_link import KVStoreLink
 from scheduler.offload_policy import LoadPolicy, Prefetcher

@@ -6,7 +6,7 @@ the assertion leaves room for a loaded CI host.
 import statistics
 import time
 
-from scheduler.fake_executor import FakeExecutor
+from bench.fake_executor import FakeExecutor
 from test_scheduler_policy import make_request, make_scheduler
 
 

@@ -1,9 +1,9 @@
 """Scheduler policy against the fake executor: budget, chunking, priority, preemption, cache."""
 import itertools
 
+from bench.fake_executor import FakeExecutor
 from protos.v1 import common_pb2
 from scheduler.block_hash import make_namespace
-from scheduler.fake_executor import FakeExecutor
 from scheduler.request import FinishReason, Request, StopCriteria
 from scheduler.scheduler import Scheduler, SchedulerConfig
 

@@ -12,7 +12,7 @@ from checkpoints import load_hf_model
 from servers import EXACT_DTYPE
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from executor.plans import SimpleDriver, make_plan, new_request, running
+from bench.step_plans import SimpleDriver, make_plan, new_request, running
 from protos.v1 import executor_pb2, executor_pb2_grpc
 
 BLOCK_SIZE = 4

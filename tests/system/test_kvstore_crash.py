@@ -11,9 +11,10 @@ import time
 import grpc
 import pytest
 
+from bench.kvstore_pages import key_of, page_of
+from bench.kvstore_process import start_daemon
 from kvstore.client import KVStoreClient, load_pages, map_arena, store_pages
 from kvstore.disk import HEADER_BYTES, encode_file
-from kvstore.testing import key_of, page_of, start_daemon
 
 PAGE = 16384
 

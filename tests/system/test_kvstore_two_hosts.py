@@ -10,8 +10,9 @@ import time
 
 import pytest
 
+from bench.kvstore_pages import key_of, page_of
+from bench.kvstore_process import start_daemon
 from kvstore.client import KVStoreClient, load_pages, map_arena, store_pages
-from kvstore.testing import key_of, page_of, start_daemon
 from protos.v1 import kvstore_pb2 as pb
 
 PAGE = 65536
