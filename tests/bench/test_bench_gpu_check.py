@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bench import gpu_check, gpu_kernels
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_without_cuda_it_says_so_and_exits_0():
@@ -48,7 +48,7 @@ def test_cuda_test_files_are_those_that_skip_without_cuda(tmp_path):
     (tmp_path / "test_cpu.py").write_text("def test_x():\n    pass\n")
     (tmp_path / "helpers.py").write_text(gpu_check.CUDA_SKIP)
     assert gpu_check.cuda_test_files(tmp_path) == [tmp_path / "test_gpu.py"]
-    assert ROOT / "tests" / "test_kernels_triton.py" in gpu_check.cuda_test_files(ROOT / "tests")
+    assert ROOT / "tests" / "kernels" / "test_kernels_triton.py" in gpu_check.cuda_test_files(ROOT / "tests")
 
 
 def test_serve_row_carries_every_figure_of_the_bench_json():

@@ -25,7 +25,7 @@ from protos.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 from scheduler import daemon as scheduler_daemon
 from servers import EXACT_DTYPE, free_port, logs, spawn, stop_processes
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("kvstore", "executor", "scheduler")   # compose's start order (depends_on)
 PARSERS = {"kvstore": kvstore_daemon.build_parser().parse_args,
            "executor": executor_daemon.build_parser().parse_args,
@@ -107,7 +107,7 @@ def test_image_builds_the_native_kernels_into_an_executor_volume(services):
 
 
 def test_gpu_override_gives_the_executor_a_gpu_and_a_cuda_build():
-    override = yaml.safe_load((Path(__file__).parents[1] / "compose.gpu.yaml").read_text())["services"]
+    override = yaml.safe_load((ROOT / "compose.gpu.yaml").read_text())["services"]
     gpu, = override["executor"]["deploy"]["resources"]["reservations"]["devices"]
     assert gpu == {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}
     for service in ("kvstore", "executor", "scheduler"):   # one image: the same build args
