@@ -14,12 +14,12 @@ from bench import options, vllm_baseline, vllm_runner
 from bench.driver import run_workload
 from bench.vllm_baseline import VllmSetup
 from bench.workloads import Session, TokenSource, Turn, multiturn_sessions
-from test_bench_driver import VOCAB_SIZE, scripted_server  # noqa: F401  (a fixture)
+from scripted_generation import VOCAB_SIZE
 
 
 class FakeLLM:
     """Returns max_tokens ids, id i of a request being (len(prompt) + i) % VOCAB_SIZE (the
-    scripted server's rule in test_bench_driver.py); records every generate call's prompts."""
+    scripted server's rule in scripted_generation.py); records every generate call's prompts."""
 
     def __init__(self):
         self.calls: list[list[list[int]]] = []

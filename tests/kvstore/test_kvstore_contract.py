@@ -1,96 +1,19 @@
 """The kvstore contract, parametrized over RAM-only, RAM+NVMe and RAM+remote (a second kvstore
 process as backing). The store under test runs in this process behind real gRPC on a unix
 socket; clients map its real shared-memory arena."""
-import os
-import shutil
 import subprocess
-import tempfile
 import time
 
 import grpc
 import pytest
 
 from bench.kvstore_pages import key_of, page_of
-from bench.kvstore_process import start_daemon
-from kvstore.client import KVStoreClient, load_pages, map_arena, store_pages
 from kvstore.disk import FsyncMode
 from kvstore.store import Store, StoreConfig
-from kvstore_server import serve_in_process
+from kvstore_harness import NUM_SLOTS, PAGE, Harness, uid
 from protos.v1 import kvstore_pb2 as pb
 
-PAGE = 4096
-NUM_SLOTS = 4
 TIERS = ["ram", "ram+nvme", "ram+remote"]
-
-
-@pytest.fixture
-def shm_dir():
-    path = tempfile.mkdtemp(prefix="strata-test-", dir="/dev/shm")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def backing():
-    """One backing kvstore process for the module (keys are unique per test)."""
-    tmp = tempfile.mkdtemp(prefix="strata-backing-")
-    daemon = start_daemon(["--ram", "8MiB", "--shm-dir", "/dev/shm",
-                           "--listen", f"unix:{tmp}/backing.sock"])
-    yield f"unix:{tmp}/backing.sock"
-    daemon.stop()
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-class Harness:
-    def __init__(self, store: Store, address: str) -> None:
-        self.store = store
-        self.server = serve_in_process(store, address)
-        self.client = KVStoreClient(address)
-        self.layout = self.client.register("model-a", PAGE)
-        self.arena = map_arena(self.layout)
-
-    def put(self, *names) -> int:
-        keys = [key_of(n) for n in names]
-        return store_pages(self.client, self.arena, self.layout,
-                           [(k, page_of(k, PAGE)) for k in keys])
-
-    def get(self, *names) -> list[bytes]:
-        return load_pages(self.client, self.arena, self.layout, [key_of(n) for n in names])
-
-    def tiers(self, *names) -> list[int]:
-        return self.client.lookup("model-a", [key_of(n) for n in names]).tiers
-
-    def close(self) -> None:
-        self.client.close()
-        self.server.stop(0)
-        self.store.check_integrity()
-        self.arena.close()
-        self.store.close()
-
-
-@pytest.fixture
-def make(request, shm_dir, tmp_path):
-    harnesses = []
-
-    def build(tier: str, lease_ttl_s: float = 30.0, num_slots: int = NUM_SLOTS) -> Harness:
-        config = StoreConfig(ram_bytes=num_slots * PAGE, shm_dir=shm_dir, lease_ttl_s=lease_ttl_s,
-                             fsync=FsyncMode.NEVER, disk_bytes=1 << 30)
-        backing_client = None
-        if tier == "ram+nvme":
-            config.disk_dir = str(tmp_path / "disk")
-        if tier == "ram+remote":
-            backing_client = KVStoreClient(request.getfixturevalue("backing"))
-        harness = Harness(Store(config, backing_client), f"unix:{tmp_path}/kv{len(harnesses)}.sock")
-        harnesses.append(harness)
-        return harness
-    yield build
-    for harness in harnesses:
-        harness.close()
-
-
-def uid(name: str) -> str:
-    """Keys unique to one test run: the backing process is shared by the module."""
-    return f"{name}-{os.getpid()}-{time.monotonic_ns()}"
 
 
 @pytest.mark.parametrize("tier", TIERS)

@@ -9,7 +9,7 @@ import pytest
 from bench.kvstore_pages import key_of, page_of
 from kvstore.client import KVStoreClient
 from kvstore.daemon import parse_size
-from test_kvstore_contract import PAGE, Harness, make, shm_dir, backing, uid  # noqa: F401
+from kvstore_harness import PAGE, uid
 from protos.v1 import kvstore_pb2 as pb
 
 

@@ -6,7 +6,7 @@ import pytest
 from bench.kvstore_pages import key_of, page_of
 from kvstore.client import KVStoreClient, map_arena
 from kvstore.store import Store, StoreConfig
-from test_kvstore_contract import PAGE, Harness, make, shm_dir, backing, uid  # noqa: F401
+from kvstore_harness import PAGE, uid
 
 
 def run_threads(target, num_threads: int) -> list:

@@ -6,20 +6,11 @@ import grpc
 import pytest
 
 from protos.v1 import generation_pb2, generation_pb2_grpc
+from raw_bytes import with_raw_bytes
 from scheduler.decoding import DecodeErrorInterceptor, find_bad_utf8
 
 GENERATE = "/strata.v1.Generation/Generate"
 TOKENIZE = "/strata.v1.Generation/Tokenize"
-
-
-def with_raw_bytes(message, placeholder: str, raw: bytes) -> bytes:
-    """`message` serialized, with the UTF-8 of `placeholder` swapped for `raw` (same length)."""
-    encoded = placeholder.encode()
-    assert len(raw) == len(encoded)
-    data = message.SerializeToString()
-    assert data.count(encoded) == 1
-    return data.replace(encoded, raw)
-
 
 FULL = generation_pb2.GenerateRequest(
     request_id="ID__", text="TEXT", cache_salt="SALT",

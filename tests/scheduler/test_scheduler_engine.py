@@ -10,7 +10,7 @@ from protos.v1 import generation_pb2
 from scheduler.engine import Engine
 from scheduler.detokenizer import TextStream
 from scheduler.errors import AlreadyExists
-from test_scheduler_policy import expected_tokens, make_request, make_scheduler
+from scheduler_builders import expected_tokens, make_request, make_scheduler
 
 
 class Failed(grpc.RpcError):

@@ -7,7 +7,7 @@ import statistics
 import time
 
 from bench.fake_executor import FakeExecutor
-from test_scheduler_policy import make_request, make_scheduler
+from scheduler_builders import make_request, make_scheduler
 
 
 def test_step_overhead_with_256_running_requests():

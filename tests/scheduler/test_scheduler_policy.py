@@ -1,26 +1,8 @@
 """Scheduler policy against the fake executor: budget, chunking, priority, preemption, cache."""
-import itertools
-
 from bench.fake_executor import FakeExecutor
-from protos.v1 import common_pb2
-from scheduler.block_hash import make_namespace
-from scheduler.request import FinishReason, Request, StopCriteria
+from scheduler.request import FinishReason
 from scheduler.scheduler import Scheduler, SchedulerConfig
-
-ARRIVALS = itertools.count()
-
-
-def make_scheduler(num_blocks=64, block_size=4, max_num_batched_tokens=8, max_num_seqs=8,
-                   max_model_len=256, eos=frozenset()):
-    config = SchedulerConfig(block_size, num_blocks, max_num_batched_tokens, max_num_seqs,
-                             max_model_len, frozenset(eos))
-    return Scheduler(config), FakeExecutor(vocab_size=512, block_size=block_size, num_blocks=num_blocks)
-
-
-def make_request(request_id, prompt, max_tokens=4, priority=0, salt="", **stopping):
-    return Request(request_id, list(prompt), common_pb2.SamplingParams(temperature=0.0),
-                   StopCriteria(max_tokens=max_tokens, **stopping),
-                   make_namespace("m", "float32", (1,), salt), next(ARRIVALS), priority)
+from scheduler_builders import expected_tokens, make_request, make_scheduler
 
 
 def step(scheduler, executor, collected=None):
@@ -40,13 +22,6 @@ def run_to_end(scheduler, executor, max_steps=500, outputs=None):
             outputs.setdefault(out.request_id, []).extend(out.token_ids)
     assert not scheduler.has_work
     return outputs
-
-
-def expected_tokens(prompt, num_tokens):
-    tokens = list(prompt)
-    for _ in range(num_tokens):
-        tokens.append(FakeExecutor.next_token(tokens, 512))
-    return tokens[len(prompt):]
 
 
 def test_prefill_is_chunked_by_the_budget_and_blocks_are_sent_as_diffs():

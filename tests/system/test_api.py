@@ -9,8 +9,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.v1 import common_pb2, generation_pb2
+from raw_bytes import with_raw_bytes
 from servers import start_daemons
-from test_decoding import with_raw_bytes
 
 GREEDY = common_pb2.SamplingParams(temperature=0.0)
 

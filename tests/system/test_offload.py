@@ -11,10 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from checkpoints import load_hf_model
+from greedy_parity import generate_tokens, greedy_request, hf_greedy
 from kvstore.client import KVStoreClient
 from protos.v1 import generation_pb2
 from servers import start_daemons, start_up
-from test_api_parity import generate_tokens, greedy_request, hf_greedy
 
 BLOCK = 4
 POOL_BLOCKS = 64
