@@ -13,7 +13,8 @@ from kvstore.store import Store, StoreConfig
 from kvstore_harness import NUM_SLOTS, PAGE, Harness, uid
 from protos.v1 import kvstore_pb2 as pb
 
-TIERS = ["ram", "ram+nvme", "ram+remote"]
+# ram+remote starts a second kvstore process (the `backing` fixture): a system test.
+TIERS = ["ram", "ram+nvme", pytest.param("ram+remote", marks=pytest.mark.system)]
 
 
 @pytest.mark.parametrize("tier", TIERS)

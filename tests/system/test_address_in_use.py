@@ -7,6 +7,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servers import STRATA, child_env, free_port, stop_processes
 
+pytestmark = pytest.mark.system
+
 
 def is_serving(address: str) -> bool:
     with grpc.insecure_channel(address) as channel:

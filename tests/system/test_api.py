@@ -12,6 +12,8 @@ from protos.v1 import common_pb2, generation_pb2
 from raw_bytes import with_raw_bytes
 from servers import start_daemons
 
+pytestmark = pytest.mark.system
+
 GREEDY = common_pb2.SamplingParams(temperature=0.0)
 
 

@@ -10,6 +10,8 @@ from greedy_parity import generate_tokens, hf_greedy
 from protos.v1 import generation_pb2
 from servers import start_daemons
 
+pytestmark = pytest.mark.system
+
 NUM_STREAMS = 64
 
 

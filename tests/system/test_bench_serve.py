@@ -6,6 +6,8 @@ import pytest
 
 from bench import serve
 
+pytestmark = pytest.mark.system
+
 LATENCIES = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_latency_ms")
 THROUGHPUTS = ("output_throughput_tok_s", "total_throughput_tok_s", "input_throughput_tok_s",
                "request_throughput_req_s")

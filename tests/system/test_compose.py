@@ -25,6 +25,8 @@ from protos.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 from scheduler import daemon as scheduler_daemon
 from servers import EXACT_DTYPE, free_port, logs, spawn, stop_processes
 
+pytestmark = pytest.mark.system
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("kvstore", "executor", "scheduler")   # compose's start order (depends_on)
 PARSERS = {"kvstore": kvstore_daemon.build_parser().parse_args,

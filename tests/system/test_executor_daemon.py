@@ -15,6 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench.step_plans import SimpleDriver, make_plan, new_request, running
 from protos.v1 import executor_pb2, executor_pb2_grpc
 
+pytestmark = pytest.mark.system
+
 BLOCK_SIZE = 4
 NUM_BLOCKS = 64
 

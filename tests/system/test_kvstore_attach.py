@@ -2,10 +2,13 @@
 server serves by recompute meanwhile."""
 import time
 
+import pytest
 from checkpoints import load_hf_model
 from servers import start_daemons
 
 from protos.v1 import common_pb2, generation_pb2
+
+pytestmark = pytest.mark.system
 
 
 def greedy(stub, prompt: list[int], max_tokens: int) -> list[int]:

@@ -16,6 +16,8 @@ from bench.kvstore_process import start_daemon
 from kvstore.client import KVStoreClient, load_pages, map_arena, store_pages
 from kvstore.disk import HEADER_BYTES, encode_file
 
+pytestmark = pytest.mark.system
+
 PAGE = 16384
 
 

@@ -15,6 +15,8 @@ from bench.kvstore_process import start_daemon
 from kvstore.client import KVStoreClient, load_pages, map_arena, store_pages
 from protos.v1 import kvstore_pb2 as pb
 
+pytestmark = pytest.mark.system
+
 PAGE = 65536
 ADDRESS_A, ADDRESS_B = "10.213.7.1", "10.213.7.2"
 TOKEN = "s3cret-token"

@@ -13,6 +13,8 @@ import pytest
 from protos.v1 import generation_pb2
 from servers import child_env, start_up, stop_processes
 
+pytestmark = pytest.mark.system
+
 STRATA = [sys.executable, "-m", "strata.cli"]
 
 

@@ -16,6 +16,8 @@ from kvstore.client import KVStoreClient
 from protos.v1 import generation_pb2
 from servers import start_daemons, start_up
 
+pytestmark = pytest.mark.system
+
 BLOCK = 4
 POOL_BLOCKS = 64
 KVSTORE = ("--ram", "32MiB")
