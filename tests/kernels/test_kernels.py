@@ -11,7 +11,7 @@ from bench.paged_batch import PagedBatch, make_paged_batch
 import kernels
 from kernels import paged_attention_torch, write_kv_torch
 from kernels import twin
-from kernels.workspace import scratch
+from kernels.workspace import release_scratch, scratch
 
 # (context_len, num_queries): prefill from empty, chunk after a cached prefix, decodes,
 # lengths on and across block boundaries, odd lengths, a sequence with no queries this step.
@@ -172,6 +172,13 @@ def test_scratch_is_reused_within_a_thread_and_private_to_each_thread():
     worker.start()
     worker.join()
     assert other[0] != grown.data_ptr()
+
+
+def test_scratch_first_made_in_inference_mode_is_writable_outside_it():
+    release_scratch()
+    with torch.inference_mode():
+        scratch(4096, torch.float32, torch.device("cpu")).zero_()   # as the executor's forward does
+    scratch(4096, torch.float32, torch.device("cpu")).fill_(1.0)    # as a kernel test or a bench does
 
 
 def test_twin_without_enable_gqa_matches_naive(monkeypatch):
