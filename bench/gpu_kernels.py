@@ -8,7 +8,7 @@ memory bandwidth torch reaches here; a kernel's rate is its K/V bytes / time, an
 the ratio (1.0: the kernel reads K/V as fast as the card moves memory). Prefill reads each K/V
 step once per query tile, so its rate counts unique bytes and its figure of merit is TFLOP/s.
 
-The batches are made on the device rather than with kernels.testing.make_paged_batch, which
+The batches are made on the device rather than with bench.paged_batch.make_paged_batch, which
 draws them on the CPU in fp32: tens of seconds for the 4 GiB pools here.
 """
 from __future__ import annotations

@@ -23,8 +23,8 @@ from typing import Callable, NamedTuple  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bench.paged_batch import PagedBatch, make_paged_batch  # noqa: E402
 from kernels import paged_attention_torch, write_kv_torch  # noqa: E402
-from kernels.testing import PagedBatch, make_paged_batch  # noqa: E402
 
 
 class KernelTiming(NamedTuple):

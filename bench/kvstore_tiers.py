@@ -17,11 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from bench.kvstore_pages import key_of
+from bench.kvstore_process import start_daemon
 from kvstore.arena import Arena, align_up
 from kvstore.client import KVStoreClient
 from kvstore.daemon import parse_size
 from kvstore.disk import FsyncMode, PageFiles
-from kvstore.testing import key_of, start_daemon
 
 PAGE_SIZES = [64 << 10, 256 << 10, 1 << 20, 4 << 20]
 
