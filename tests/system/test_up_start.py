@@ -9,11 +9,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+import pytest
 
 from checkpoints import load_hf_model
-from protos.v1 import common_pb2, generation_pb2, generation_pb2_grpc
+from greedy_parity import generate_tokens, hf_greedy
+from protos.v1 import generation_pb2_grpc
 from servers import EXACT_DTYPE, free_port, spawn, stop_processes, wait_ready
+
+pytestmark = pytest.mark.system
 
 PROMPT = [5, 6, 7, 8, 9]
 MAX_TOKENS = 12
@@ -32,10 +35,7 @@ def read(path: Path) -> str:
 
 
 def greedy_tokens(stub) -> list[int]:
-    request = generation_pb2.GenerateRequest(
-        tokens=generation_pb2.TokenIds(ids=PROMPT), sampling=common_pb2.SamplingParams(temperature=0.0),
-        stopping=generation_pb2.StoppingCriteria(max_tokens=MAX_TOKENS, ignore_eos=True))
-    return [token for response in stub.Generate(request, timeout=120) for token in response.token_ids]
+    return generate_tokens(stub, PROMPT, MAX_TOKENS)[0]
 
 
 def test_an_executor_killed_while_loading_is_started_again_and_serves_the_right_tokens(llama_dir):
@@ -65,11 +65,8 @@ def test_an_executor_killed_while_loading_is_started_again_and_serves_the_right_
         assert stop_processes([process], grace_s=30) == [0]
         shutil.rmtree(run_dir, ignore_errors=True)
     model = load_hf_model(llama_dir)
-    input_ids = torch.tensor([PROMPT])
-    with torch.no_grad():
-        expected = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                                  max_new_tokens=MAX_TOKENS, eos_token_id=None, pad_token_id=0)
-    assert tokens == expected[0, len(PROMPT):].tolist()
+    model.generation_config.eos_token_id = None
+    assert tokens == hf_greedy(model, PROMPT, MAX_TOKENS)
 
 
 def test_an_executor_that_cannot_start_ends_the_start_at_once(tmp_path):
