@@ -38,7 +38,7 @@ def make_model(out_dir: str):
 
 def executor_decode(runner, batch: int, context: int, num_steps: int) -> float:
     """Median seconds of one decode Step for `batch` requests at `context` tokens."""
-    from executor.plans import make_plan, new_request, running
+    from bench.step_plans import make_plan, new_request, running
 
     runner.reset()
     num_blocks = -(-(context + num_steps + 1) // BLOCK_SIZE)
@@ -80,7 +80,7 @@ def hf_decode(model, batch: int, context: int, num_steps: int) -> float:
 
 
 def executor_prefill(runner, length: int) -> float:
-    from executor.plans import make_plan, new_request
+    from bench.step_plans import make_plan, new_request
 
     runner.reset()
     prompt = [(j * 13) % 31999 + 1 for j in range(length)]

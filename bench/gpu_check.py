@@ -3,8 +3,9 @@
     python -m bench.gpu_check [--model DIR] [--work-dir DIR]
 
 1. tests: pytest on every test file with a test skipped without CUDA (CUDA_SKIP in its
-   source: tests/test_kernels_triton.py today), with TRITON_INTERPRET=0, not unset: conftest.py
-   turns the interpreter on when the variable is unset, and here the kernels must compile.
+   source: tests/kernels/test_kernels_triton.py today), with TRITON_INTERPRET=0, not unset:
+   conftest.py turns the interpreter on when the variable is unset, and here the kernels must
+   compile.
 2. kernels: paged attention, decode and tiled prefill, bf16, 32/8 heads x head_dim 128, 64-256
    sequences x 512-4096 tokens, against a copy-bandwidth probe (bench/gpu_kernels.py).
 3. serve: `strata bench --workload random --launch` on the 100M random Llama of
@@ -70,7 +71,7 @@ def parse_pytest_counts(output: str) -> dict[str, int]:
 
 def cuda_test_files(tests_dir: Path) -> list[Path]:
     """Test files with a test skipped where CUDA is missing (`skipif(not torch.cuda.is_available()`)."""
-    return sorted(p for p in tests_dir.glob("test_*.py") if CUDA_SKIP in p.read_text())
+    return sorted(p for p in tests_dir.rglob("test_*.py") if CUDA_SKIP in p.read_text())
 
 
 class Deadline:

@@ -8,7 +8,7 @@ memory bandwidth torch reaches here; a kernel's rate is its K/V bytes / time, an
 the ratio (1.0: the kernel reads K/V as fast as the card moves memory). Prefill reads each K/V
 step once per query tile, so its rate counts unique bytes and its figure of merit is TFLOP/s.
 
-The batches are made on the device rather than with kernels.testing.make_paged_batch, which
+The batches are made on the device rather than with bench.paged_batch.make_paged_batch, which
 draws them on the CPU in fp32: tens of seconds for the 4 GiB pools here.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ CASES = [
 ]
 
 
-class Timing(NamedTuple):
+class GpuKernelTiming(NamedTuple):
     case: Case
     ms: float
     kv_bytes: int
@@ -100,7 +100,7 @@ def num_flops(case: Case) -> int:
     return 4 * HEAD_DIM * NUM_HEADS * case.num_seqs * num_visible
 
 
-def measure(case: Case) -> Timing:
+def measure(case: Case) -> GpuKernelTiming:
     from kernels import paged_attention_triton
 
     inputs = paged_inputs(case, torch.Generator(device="cuda").manual_seed(0))
@@ -112,4 +112,4 @@ def measure(case: Case) -> Timing:
     probe_ms = time_ms(lambda: target.copy_(source))
     del source, target
     torch.cuda.empty_cache()
-    return Timing(case, ms, kv_bytes, probe_ms, num_flops(case))
+    return GpuKernelTiming(case, ms, kv_bytes, probe_ms, num_flops(case))

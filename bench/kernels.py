@@ -23,11 +23,11 @@ from typing import Callable, NamedTuple  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bench.paged_batch import PagedBatch, make_paged_batch  # noqa: E402
 from kernels import paged_attention_torch, write_kv_torch  # noqa: E402
-from kernels.testing import PagedBatch, make_paged_batch  # noqa: E402
 
 
-class Timing(NamedTuple):
+class KernelTiming(NamedTuple):
     name: str
     twin_ms: float
     contiguous_ms: float
@@ -64,7 +64,7 @@ def contiguous_sdpa(batch: PagedBatch, context_len: int, num_queries: int) -> Ca
     return lambda: F.scaled_dot_product_attention(query, key, value, is_causal=is_causal, enable_gqa=True)
 
 
-def measure(name: str, specs: list[tuple[int, int]], args: argparse.Namespace, device: str) -> Timing:
+def measure(name: str, specs: list[tuple[int, int]], args: argparse.Namespace, device: str) -> KernelTiming:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     batch = make_paged_batch(specs, block_size=args.block_size, num_heads=args.heads, num_kv_heads=args.kv_heads,
                              head_dim=args.head_dim, dtype=dtype, device=device)
@@ -79,10 +79,10 @@ def measure(name: str, specs: list[tuple[int, int]], args: argparse.Namespace, d
 
         triton_ms = time_ms(lambda: paged_attention_triton(*inputs), is_cuda)
     kv_bytes = sum(context_len for context_len, _ in specs) * 2 * args.kv_heads * args.head_dim * dtype.itemsize
-    return Timing(name, twin_ms, contiguous_ms, triton_ms, kv_bytes)
+    return KernelTiming(name, twin_ms, contiguous_ms, triton_ms, kv_bytes)
 
 
-def report(timing: Timing) -> str:
+def report(timing: KernelTiming) -> str:
     line = (f"{timing.name:<18} twin {timing.twin_ms:8.2f} ms  contiguous {timing.contiguous_ms:8.2f} ms  "
             f"twin/contiguous {timing.twin_ms / timing.contiguous_ms:5.2f}x")
     if timing.triton_ms is not None:

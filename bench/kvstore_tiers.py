@@ -17,9 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from bench.kvstore_pages import key_of
+from bench.kvstore_process import start_daemon
 from kvstore.arena import Arena, align_up
 from kvstore.disk import FsyncMode, PageFiles
-from kvstore.testing import key_of, start_daemon
 from runtime.kvstore_client import KVStoreClient
 from runtime.sizes import parse_size
 

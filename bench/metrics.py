@@ -44,7 +44,7 @@ class RequestTrace:
         return self.error is None and self.num_output_tokens > 0
 
 
-class Summary(NamedTuple):
+class LatencySummary(NamedTuple):
     mean: float
     p50: float
     p90: float
@@ -61,13 +61,13 @@ class Slo(NamedTuple):
     e2e_ms: float | None = None
 
 
-def summarize(values: list[float]) -> Summary | None:
+def summarize(values: list[float]) -> LatencySummary | None:
     """Mean and linear-interpolated p50/p90/p99; None for no values."""
     if not values:
         return None
     array = np.asarray(values, dtype=np.float64)
     p50, p90, p99 = np.percentile(array, [50, 90, 99])
-    return Summary(float(array.mean()), float(p50), float(p90), float(p99))
+    return LatencySummary(float(array.mean()), float(p50), float(p90), float(p99))
 
 
 def ttft_s(trace: RequestTrace) -> float | None:

@@ -19,9 +19,9 @@ import time
 
 import numpy as np
 
+from bench.fake_executor import FakeExecutor
 from protos.v1 import common_pb2
 from scheduler.block_hash import make_namespace
-from scheduler.fake_executor import FakeExecutor
 from scheduler.request import Request, StopCriteria
 from scheduler.scheduler import Scheduler, SchedulerConfig
 

@@ -25,11 +25,11 @@ def scratch(num_elements: int, dtype: torch.dtype, device: torch.device) -> Tens
     if buffer is None or buffer.numel() < num_elements:
         # Grow by 1.5x so a slowly growing batch does not reallocate (and re-fault) every step.
         capacity = max(num_elements, int(1.5 * buffer.numel()) if buffer is not None else 0)
-        buffer = torch.empty(capacity, dtype=dtype, device=device)
+        # A normal tensor even when the caller runs in inference mode: an inference tensor could
+        # not be written by a later caller outside it (the executor's forward is inference mode,
+        # the kernel tests are not, and both share this thread's buffer).
+        with torch.inference_mode(False):
+            buffer = torch.empty(capacity, dtype=dtype, device=device)
         buffers[key] = buffer
     return buffer[:num_elements]
 
-
-def release_scratch() -> None:
-    """Drop this thread's buffers (e.g. after a burst of large batches)."""
-    _local.buffers = {}

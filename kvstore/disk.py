@@ -78,7 +78,7 @@ def encode_file(key: bytes, data: bytes) -> bytes:
 
 
 class PageFiles:
-    """Synchronous page-file I/O (the store calls it from its I/O threads, never under its lock)."""
+    """Synchronous page-file I/O (the NVMe tier calls it from its I/O threads, never locked)."""
 
     def __init__(self, root: str, fsync: FsyncMode) -> None:
         self.root = root
@@ -131,12 +131,6 @@ class PageFiles:
         final = self.path(key, page_bytes)
         os.rename(tmp, final)
         self._sync_dir(os.path.dirname(final))
-
-    def write_bytes(self, key: bytes, data: bytes) -> None:
-        """Write a page that is not in an arena slot (copied once into an aligned buffer)."""
-        buffer = aligned_buffer(len(data))
-        buffer[:len(data)] = data
-        self.write(key, memoryview(buffer), len(data))
 
     def _sync_dir(self, directory: str) -> None:
         if self.fsync is FsyncMode.ALWAYS:

@@ -3,7 +3,17 @@ import enum
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from kvstore.errors import InvalidArgument
+
 KEY_BYTES = 32
+
+
+def check_keys(keys: list[bytes]) -> None:
+    """Raise InvalidArgument (naming the first bad key) unless every key has KEY_BYTES bytes."""
+    for position, key in enumerate(keys):
+        if len(key) != KEY_BYTES:
+            raise InvalidArgument(f"key {position} has {len(key)} bytes: keys are 32-byte "
+                                  "SHA-256 digests")
 
 
 class EntryState(enum.Enum):

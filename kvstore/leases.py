@@ -1,8 +1,10 @@
 """Leases: what a client holds between Prepare* and Complete*, reclaimed after a TTL."""
 import enum
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from kvstore.errors import LeaseNotFound
 from kvstore.index import Entry
 
 
@@ -31,17 +33,22 @@ class LeaseTable:
     def __len__(self) -> int:
         return len(self.leases)
 
+    def __iter__(self) -> Iterator[Lease]:
+        return iter(self.leases.values())
+
     def open(self, kind: LeaseKind) -> Lease:
         lease = Lease(self.next_id, kind, time.monotonic() + self.ttl_s)
         self.next_id += 1
         self.leases[lease.lease_id] = lease
         return lease
 
-    def close(self, lease_id: int, kind: LeaseKind) -> Lease | None:
-        """Remove and return the lease, or None if unknown, expired or of the other kind."""
+    def close(self, lease_id: int, kind: LeaseKind) -> Lease:
+        """Remove and return the lease. Raises LeaseNotFound if it is unknown, expired or of the
+        other kind."""
         lease = self.leases.get(lease_id)
         if lease is None or lease.kind is not kind:
-            return None
+            raise LeaseNotFound(f"{kind.value} lease {lease_id} is unknown or expired (TTL "
+                                f"{self.ttl_s} s): prepare again")
         del self.leases[lease_id]
         return lease
 

@@ -15,18 +15,29 @@ def remove_stale_arenas(shm_dir: str) -> int:
     """Unlink arena files left by kvstores that died without closing (kill -9): their memory
     stays allocated in tmpfs until the file is gone. A file is stale when its pid is not alive,
     or is this process's own pid (a previous life of a restarted container)."""
+    num_removed = _remove_arenas(shm_dir, lambda pid: not _is_other_live_process(pid))
+    if num_removed:
+        log.info("removed %d stale arena file(s) of dead kvstores from %s", num_removed, shm_dir)
+    return num_removed
+
+
+def remove_arenas_of(pid: int, shm_dir: str) -> int:
+    """Unlink the arena files of the kvstore process `pid`, which the caller saw die (it reaped
+    it, so the pid names no live process yet): the supervisor frees a dead store's RAM at once."""
+    return _remove_arenas(shm_dir, lambda owner: owner == pid)
+
+
+def _remove_arenas(shm_dir: str, is_removable) -> int:
     num_removed = 0
     for name in os.listdir(shm_dir) if os.path.isdir(shm_dir) else ():
         match = ARENA_NAME.fullmatch(name)
-        if match is None or _is_other_live_process(int(match.group(1))):
+        if match is None or not is_removable(int(match.group(1))):
             continue
         try:
             os.unlink(os.path.join(shm_dir, name))
             num_removed += 1
         except OSError:
             continue
-    if num_removed:
-        log.info("removed %d stale arena file(s) of dead kvstores from %s", num_removed, shm_dir)
     return num_removed
 
 

@@ -27,7 +27,7 @@ class KVStoreService(kvstore_pb2_grpc.KVStoreServicer):
         plan = self.store.prepare_store(request.namespace, list(request.keys))
         slots = [pb.StoreSlot(key_index=i, slot=s) for i, s in plan.slots]
         return pb.PrepareStoreResponse(lease_id=plan.lease_id, slots=slots,
-                                       arena_id=self._arena_id(request.namespace))
+                                       arena_id=self.store.arena_id(request.namespace))
 
     def CompleteStore(self, request, context):
         num_published = self.store.complete_store(request.lease_id, request.ok)
@@ -36,7 +36,7 @@ class KVStoreService(kvstore_pb2_grpc.KVStoreServicer):
     def PrepareLoad(self, request, context):
         plan = self.store.prepare_load(request.namespace, list(request.keys))
         return pb.PrepareLoadResponse(lease_id=plan.lease_id, slots=plan.slots,
-                                      arena_id=self._arena_id(request.namespace))
+                                      arena_id=self.store.arena_id(request.namespace))
 
     def CompleteLoad(self, request, context):
         return pb.CompleteLoadResponse(num_unpinned=self.store.complete_load(request.lease_id))
@@ -52,16 +52,13 @@ class KVStoreService(kvstore_pb2_grpc.KVStoreServicer):
         return (pb.Page(key=key, data=data) for key, data in self.store.get_pages(keys))
 
     def Stats(self, request, context):
-        tiers, num_leases, num_expired, num_namespaces = self.store.stats()
+        stats = self.store.stats()
         return pb.StatsResponse(
             tiers=[pb.KVTierStats(tier=int(t.tier), num_pages=t.num_pages,
                                   num_bytes=t.num_bytes, capacity_bytes=t.capacity_bytes,
-                                  **_counters(t.counters)) for t in tiers],
-            num_leases=num_leases, num_expired_leases=num_expired,
-            num_namespaces=num_namespaces)
-
-    def _arena_id(self, namespace: str) -> str:
-        return self.store.ram.arena_id(self.store.namespaces[namespace])
+                                  **_counters(t.counters)) for t in stats.tiers],
+            num_leases=stats.num_leases, num_expired_leases=stats.num_expired_leases,
+            num_namespaces=stats.num_namespaces)
 
 
 def _counters(counters) -> dict:

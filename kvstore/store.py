@@ -5,22 +5,30 @@ Contract (see protos/v1/kvstore.proto for the wire view):
 - A page pinned by a load lease, or being written under a store lease, is never evicted.
 - Leases expire after `lease_ttl_s`: a store lease rolls back, a load lease unpins.
 - Bad input raises a KVStoreError subclass and changes no state.
+
+The store owns its parts and one lock (a Condition) that it hands to each: the index (key ->
+entry), the lease table, the RAM tier, the optional NVMe tier and backing, the tier mechanism
+over them (tiers.py) and the remote path (remote.py).
 """
 import logging
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from kvstore.disk import FsyncMode, PageFiles, file_bytes
-from kvstore.errors import InvalidArgument, LeaseNotFound, NoRoom, NotRegistered
-from kvstore.index import Entry, EntryState
+from kvstore.backing import BackingTier
+from kvstore.disk import FsyncMode, PageFiles
+from kvstore.disk_tier import DiskTier
+from kvstore.errors import InvalidArgument, NoRoom, NotRegistered
+from kvstore.index import Entry, Index, check_keys
 from kvstore.leases import Lease, LeaseKind, LeaseTable
 from kvstore.policy import POLICIES
 from kvstore.ram import RamTier
-from kvstore.remote import RemotePages, check_keys
-from kvstore.tiers import Tier, TierCounters
+from kvstore.remote import RemotePages
+from kvstore.stats import StoreStats, Tier
+from kvstore.tiers import Tiers
 from runtime.kvstore_client import KVStoreClient, LoadPlan, StorePlan
 
 log = logging.getLogger("strata.kvstore")
@@ -46,37 +54,32 @@ class RegisterResult(NamedTuple):
     page_bytes: int
 
 
-class TierSnapshot(NamedTuple):
-    tier: Tier
-    num_pages: int
-    num_bytes: int
-    capacity_bytes: int
-    counters: TierCounters
-
-
-class Store(RemotePages):
+class Store:
     def __init__(self, config: StoreConfig, backing: KVStoreClient | None = None) -> None:
-        disk = PageFiles(config.disk_dir, config.fsync) if config.disk_dir else None
-        super().__init__(RamTier(config.shm_dir, config.ram_bytes), disk, config.disk_bytes,
-                         backing, POLICIES[config.policy]())
         self.config = config
-        self.namespaces: dict[str, int] = {}
+        self.lock = threading.Condition(threading.Lock())
+        self.index = Index()
         self.leases = LeaseTable(config.lease_ttl_s)
+        self.namespaces: dict[str, int] = {}  # namespace -> page_bytes
+        policy = POLICIES[config.policy]()
+        self.ram = RamTier(config.shm_dir, config.ram_bytes)
+        self.disk = DiskTier(PageFiles(config.disk_dir, config.fsync), config.disk_bytes,
+                             self.lock, self.index, policy) if config.disk_dir else None
+        self.backing = BackingTier(backing, self.lock) if backing is not None else None
+        self.tiers = Tiers(self.lock, self.index, self.ram, self.disk, self.backing, policy)
+        self.remote_pages = RemotePages(self.lock, self.index, self.tiers, self.backing,
+                                        publish=self._after_publish)
         self.mover = ThreadPoolExecutor(1, thread_name_prefix="kv-mover")  # FIFO write-through
         self.is_closed = threading.Event()
         self.num_rebuilt, self.rebuild_s = self._rebuild()
         threading.Thread(target=self._background, name="kv-reaper", daemon=True).start()
 
     def _rebuild(self) -> tuple[int, float]:
-        start = time.perf_counter()
+        """(pages indexed from the NVMe tier's files, seconds it took)."""
         if self.disk is None:
             return 0, 0.0
-        for page in self.disk.rebuild():
-            self.index.add(Entry(page.key, page.page_bytes, EntryState.READY, is_on_disk=True))
-            self.num_disk_bytes += file_bytes(page.page_bytes)
-        with self.lock:
-            self._reserve_disk(0)  # a smaller --disk-size than last run: drop LRU files
-        return len(self.index), time.perf_counter() - start
+        start = time.perf_counter()
+        return self.disk.rebuild(), time.perf_counter() - start
 
     def _background(self) -> None:
         """Reclaim expired leases; in fsync=batch mode, make recent page files durable."""
@@ -99,12 +102,9 @@ class Store(RemotePages):
             if lease.kind is LeaseKind.LOAD:
                 continue
             if is_ok:
-                entry.state = EntryState.READY
-                self.index.touch(entry)
-                self.counters[Tier.RAM].bytes_in += entry.page_bytes
+                self.tiers.publish(entry)
             else:
-                self.index.remove(entry)
-                self.ram.free(entry.page_bytes, entry.ram_slot)
+                self.tiers.discard(entry)
         self.lock.notify_all()
 
     def _page_bytes(self, namespace: str) -> int:
@@ -126,6 +126,11 @@ class Store(RemotePages):
         return RegisterResult(self.ram.arena_id(page_bytes), arena.path, arena.slot_bytes,
                               arena.num_slots, page_bytes)
 
+    def arena_id(self, namespace: str) -> str:
+        """The id of the arena a registered namespace's pages live in (RegisterResult.arena_id)."""
+        with self.lock:
+            return self.ram.arena_id(self._page_bytes(namespace))
+
     def lookup(self, namespace: str, keys: list[bytes]) -> list[Tier]:
         """Tiers of the leading present keys; "" namespace: any page size (kvstore to kvstore)."""
         check_keys(keys)
@@ -139,7 +144,7 @@ class Store(RemotePages):
                     break
                 tiers.append(Tier.RAM if entry.ram_slot is not None else Tier.DISK)
         if len(tiers) < len(keys) and self.backing is not None:
-            tiers += [Tier.REMOTE] * self._lookup_backing(keys[len(tiers):])
+            tiers += [Tier.REMOTE] * self.backing.num_leading_present(keys[len(tiers):])
         return tiers
 
     def prepare_store(self, namespace: str, keys: list[bytes]) -> StorePlan:
@@ -151,31 +156,20 @@ class Store(RemotePages):
             slots = []
             try:
                 for key_index, key in enumerate(keys):
-                    slot = self._prepare_one(key, page_bytes, lease)
-                    if slot is not None:
-                        slots.append((key_index, slot))
+                    entry = self.tiers.prepare_page(key, page_bytes)
+                    if entry is not None:
+                        lease.entries.append(entry)
+                        slots.append((key_index, entry.ram_slot))
             except NoRoom:
                 self.leases.close(lease.lease_id, LeaseKind.STORE)
                 self._end_lease(lease, is_ok=False)
                 raise
         return StorePlan(lease.lease_id, slots)
 
-    def _prepare_one(self, key: bytes, page_bytes: int, lease: Lease) -> int | None:
-        """Lock held; may release it. A slot for `key`, or None if present or in flight."""
-        if self.index.get(key) is not None:
-            return None
-        slot = self._reserve_slot(page_bytes)
-        if self.index.get(key) is not None:  # raced while the lock was released
-            self.ram.free(page_bytes, slot)
-            return None
-        entry = Entry(key, page_bytes, EntryState.WRITING, ram_slot=slot, num_pins=1)
-        lease.entries.append(self.index.add(entry))
-        return slot
-
     def complete_store(self, lease_id: int, is_ok: bool) -> int:
         """With an NVMe tier and fsync=always, returns once every page is durable on disk."""
         with self.lock:
-            lease = self._close_lease(lease_id, LeaseKind.STORE)
+            lease = self.leases.close(lease_id, LeaseKind.STORE)
             self._end_lease(lease, is_ok)
             if not is_ok:
                 return 0
@@ -183,27 +177,17 @@ class Store(RemotePages):
                 entry.num_pins += 1  # kept until the copies below are done
         if self.disk is not None and self.config.fsync is FsyncMode.ALWAYS:
             for entry in lease.entries:
-                self._write_disk(entry, self.ram.arenas[entry.page_bytes].slot(entry.ram_slot))
+                self.tiers.write_disk(entry)
         self._after_publish(lease.entries)
         return len(lease.entries)
 
     def _after_publish(self, entries: list[Entry]) -> None:
         """Unlocked, entries pinned: hand them to the write-through mover, or unpin."""
-        if self.config.is_write_through and (self.disk or self.backing):
+        if self.config.is_write_through and self.tiers.can_copy_down():
             for entry in entries:
-                self.mover.submit(self._copy_down, entry)
+                self.mover.submit(self.tiers.copy_down, entry)
             return
-        with self.lock:
-            for entry in entries:
-                entry.num_pins -= 1
-            self.lock.notify_all()
-
-    def _close_lease(self, lease_id: int, kind: LeaseKind) -> Lease:
-        lease = self.leases.close(lease_id, kind)
-        if lease is None:
-            raise LeaseNotFound(f"{kind.value} lease {lease_id} is unknown or expired (TTL "
-                                f"{self.config.lease_ttl_s} s): prepare again")
-        return lease
+        self.tiers.unpin(entries)
 
     def prepare_load(self, namespace: str, keys: list[bytes]) -> LoadPlan:
         check_keys(keys)
@@ -215,17 +199,16 @@ class Store(RemotePages):
         if len(lease.entries) < len(keys) and self.backing is not None:
             self._pin_from_backing(keys[len(lease.entries):], page_bytes, lease)
         with self.lock:
-            self.counters[Tier.RAM].num_hits += len(lease.entries)
-            self.counters[Tier.RAM].num_misses += len(keys) - len(lease.entries)
+            self.tiers.count_loads(len(lease.entries), len(keys) - len(lease.entries))
             return LoadPlan(lease.lease_id, [entry.ram_slot for entry in lease.entries])
 
     def _pin_local(self, keys: list[bytes], page_bytes: int, lease: Lease) -> None:
         """Lock held; may release it. Pin the leading local pages, promoting from NVMe."""
         for key in keys:
-            entry = self._wait_promoted(key)
+            entry = self.tiers.wait_promoted(key)
             if entry is None or not entry.is_visible or entry.page_bytes != page_bytes:
                 return
-            if entry.ram_slot is None and not self._promote_from_disk(entry):
+            if entry.ram_slot is None and not self.tiers.promote_from_disk(entry):
                 return
             self._pin(entry, lease)
 
@@ -236,42 +219,47 @@ class Store(RemotePages):
 
     def _pin_from_backing(self, keys: list[bytes], page_bytes: int, lease: Lease) -> None:
         """Unlocked. Promote the leading pages the backing holds into RAM and pin them."""
-        fetched = self._fetch_backing(keys)
+        fetched = self.backing.fetch(keys)
         with self.lock:
             for key in keys:
                 data = fetched.get(key)
                 if data is None or len(data) != page_bytes:
                     return
                 try:
-                    entry = self._insert_page(key, data)
+                    entry = self.tiers.insert_page(key, data)
                 except NoRoom:
                     return
-                if entry is None or (entry.ram_slot is None and not self._promote_from_disk(entry)):
+                if entry is None or (entry.ram_slot is None and
+                                     not self.tiers.promote_from_disk(entry)):
                     return
                 entry.is_in_backing = True
-                self.counters[Tier.REMOTE].num_hits += 1
-                self.counters[Tier.REMOTE].bytes_out += page_bytes
+                self.backing.counters.count_hit(page_bytes)
                 self._pin(entry, lease)
 
     def complete_load(self, lease_id: int) -> int:
         with self.lock:
-            lease = self._close_lease(lease_id, LeaseKind.LOAD)
+            lease = self.leases.close(lease_id, LeaseKind.LOAD)
             self._end_lease(lease, is_ok=True)
         return len(lease.entries)
 
-    def stats(self) -> tuple[list[TierSnapshot], int, int, int]:
-        """(tiers, num_leases, num_expired_leases, num_namespaces)."""
+    def put_pages(self, pages: Iterable[tuple[bytes, bytes]]) -> tuple[int, int]:
+        """Store whole pages (the remote path). Returns (num_stored, num_present)."""
+        return self.remote_pages.put_pages(pages)
+
+    def get_pages(self, keys: list[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        """(key, bytes) of the present pages: local ones in request order, then the backing's."""
+        return self.remote_pages.get_pages(keys)
+
+    def stats(self) -> StoreStats:
+        """Pages, bytes and counters per tier; open and expired leases; namespaces."""
         with self.lock:
-            ram = [e for e in self.index if e.is_visible and e.ram_slot is not None]
-            disk = [e for e in self.index if e.is_visible and e.is_on_disk]
-            tiers = [TierSnapshot(Tier.RAM, len(ram), sum(e.page_bytes for e in ram),
-                                  self.ram.capacity_bytes, self.counters[Tier.RAM])]
-            if self.disk is not None:
-                tiers.append(TierSnapshot(Tier.DISK, len(disk), self.num_disk_bytes,
-                                          self.disk_capacity_bytes, self.counters[Tier.DISK]))
-            if self.backing is not None:
-                tiers.append(TierSnapshot(Tier.REMOTE, 0, 0, 0, self.counters[Tier.REMOTE]))
-            return tiers, len(self.leases), self.leases.num_expired, len(self.namespaces)
+            return StoreStats(self.tiers.snapshots(), len(self.leases), self.leases.num_expired,
+                              len(self.namespaces))
+
+    @property
+    def disk_capacity_bytes(self) -> int:
+        """The NVMe tier's budget now: --disk-size, or what the disk held when it filled."""
+        return self.disk.capacity_bytes if self.disk is not None else 0
 
     def flush(self) -> None:
         """Wait for every write-through queued so far (the mover runs tasks in order)."""
@@ -280,19 +268,16 @@ class Store(RemotePages):
     def check_integrity(self) -> None:
         """Idle invariant: used RAM bytes == slots held by entries; pins == open lease pins."""
         with self.lock:
-            held = sum(self.ram.arenas[e.page_bytes].slot_bytes
-                       for e in self.index if e.ram_slot is not None)
-            assert held == self.ram.num_used_bytes, (held, self.ram.num_used_bytes)
+            self.tiers.check_integrity()
             pins = sum(e.num_pins for e in self.index)
-            leased = sum(len(lease.entries) for lease in self.leases.leases.values())
+            leased = sum(len(lease.entries) for lease in self.leases)
             assert pins == leased, (pins, leased)
 
     def close(self) -> None:
         self.is_closed.set()
         self.mover.shutdown(wait=True)
-        self.io.shutdown(wait=True)
         if self.disk is not None:
-            self.disk.flush()
+            self.disk.close()
         self.ram.close()
         if self.backing is not None:
             self.backing.close()

@@ -1,81 +1,86 @@
-"""The mechanism under the store: slots, eviction, demotion and promotion between tiers.
+"""The mechanism under the store: RAM slots, eviction, demotion and promotion between tiers.
 
     PrepareStore ──▶ RAM slot ──evict──▶ NVMe file ──evict──▶ gone
                         │  (write-back; write-through copies at CompleteStore)
                         └──────evict (no NVMe tier)─────────▶ backing kvstore
     PrepareLoad  ◀── RAM slot ◀─promote── NVMe file | backing kvstore
 
-Locking: one lock (`self.lock`, a Condition) guards the index, the slot lists and the counters.
-Methods marked "lock held" are called with it and may release it around I/O (so the caller
-re-checks what it read before); methods marked "unlocked" are called without it. Disk I/O runs
-on `self.io`, a thread pool of pread/pwrite workers that never takes the lock.
+Locking: one lock (a Condition the store creates and hands to every part) guards the index,
+the slot lists and the counters. Methods marked "lock held" are called with it and may release
+it around I/O (so the caller re-checks what it read before); methods marked "unlocked" are
+called without it.
 """
-import enum
-import errno
-import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
-import grpc
-
-from kvstore.disk import CorruptPage, PageFiles, file_bytes
+from kvstore.backing import BackingTier
+from kvstore.disk import CorruptPage
+from kvstore.disk_tier import DiskTier
 from kvstore.errors import NoRoom
 from kvstore.index import Entry, EntryState, Index
 from kvstore.policy import EvictionPolicy
 from kvstore.ram import RamTier
-from runtime.kvstore_client import KVStoreClient
-
-log = logging.getLogger("strata.kvstore")
-
-
-class Tier(enum.IntEnum):
-    """Same numbers as strata.v1.Tier."""
-    RAM = 1
-    DISK = 2
-    REMOTE = 3
-
-
-@dataclass(slots=True)
-class TierCounters:
-    num_hits: int = 0
-    num_misses: int = 0
-    num_evictions: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    num_store_skips: int = 0
-    num_corrupt: int = 0
+from kvstore.stats import Tier, TierCounters, TierSnapshot
 
 
 class Tiers:
-    def __init__(self, ram: RamTier, disk: PageFiles | None, disk_capacity_bytes: int,
-                 backing: KVStoreClient | None, policy: EvictionPolicy) -> None:
-        self.lock = threading.Condition(threading.Lock())
-        self.index = Index()
+    """The RAM tier over the optional NVMe tier and backing: where each page lives and how it
+    moves. The store decides which pages a lease holds; this decides where their bytes are."""
+
+    def __init__(self, lock: threading.Condition, index: Index, ram: RamTier,
+                 disk: DiskTier | None, backing: BackingTier | None,
+                 policy: EvictionPolicy) -> None:
+        self.lock = lock
+        self.index = index
         self.ram = ram
         self.disk = disk
-        self.disk_capacity_bytes = disk_capacity_bytes
-        self.num_disk_bytes = 0
         self.backing = backing
         self.policy = policy
-        self.counters = {tier: TierCounters() for tier in Tier}
-        self.io = ThreadPoolExecutor(4, thread_name_prefix="kv-io")
+        self.ram_counters = TierCounters()
 
-    def _unlocked_io(self, function, *args):
-        """Lock held: run disk I/O on the I/O pool with the lock released."""
-        self.lock.release()
-        try:
-            return self.io.submit(function, *args).result()
-        finally:
-            self.lock.acquire()
-
-    def _wait_promoted(self, key: bytes) -> Entry | None:
+    def wait_promoted(self, key: bytes) -> Entry | None:
         """Lock held: the entry of `key` once no promotion of it is in flight."""
         entry = self.index.get(key)
         while entry is not None and entry.is_promoting:
             self.lock.wait()
             entry = self.index.get(key)
         return entry
+
+    # Pages written through the arena ------------------------------------------------------
+
+    def prepare_page(self, key: bytes, page_bytes: int) -> Entry | None:
+        """Lock held; may release it. A new WRITING entry in a free RAM slot, pinned once, or
+        None if `key` is present or in flight. Raises NoRoom."""
+        if self.index.get(key) is not None:
+            return None
+        slot = self._reserve_slot(page_bytes)
+        if self.index.get(key) is not None:  # raced while the lock was released
+            self.ram.free(page_bytes, slot)
+            return None
+        entry = Entry(key, page_bytes, EntryState.WRITING, ram_slot=slot, num_pins=1)
+        return self.index.add(entry)
+
+    def publish(self, entry: Entry) -> None:
+        """Lock held. A written page becomes visible."""
+        entry.state = EntryState.READY
+        self.index.touch(entry)
+        self.ram_counters.bytes_in += entry.page_bytes
+
+    def discard(self, entry: Entry) -> None:
+        """Lock held, entry unpinned. A page written in vain: forgotten, its slot freed."""
+        self.index.remove(entry)
+        self.ram.free(entry.page_bytes, entry.ram_slot)
+
+    def unpin(self, entries: list[Entry]) -> None:
+        """Unlocked."""
+        with self.lock:
+            for entry in entries:
+                entry.num_pins -= 1
+            self.lock.notify_all()
+
+    def count_loads(self, num_hits: int, num_misses: int) -> None:
+        """Lock held."""
+        self.ram_counters.num_hits += num_hits
+        self.ram_counters.num_misses += num_misses
 
     # RAM slots -----------------------------------------------------------------------------
 
@@ -88,6 +93,9 @@ class Tiers:
                              "pinned by a lease or being written; complete leases and retry")
             self._evict_from_ram(victim, page_bytes)
         return self.ram.allocate(page_bytes)
+
+    def _slot(self, entry: Entry) -> memoryview:
+        return self.ram.arenas[entry.page_bytes].slot(entry.ram_slot)
 
     def _needs_demotion(self, entry: Entry) -> bool:
         if self.disk is not None:
@@ -111,91 +119,41 @@ class Tiers:
             self.ram.free(victim.page_bytes, slot)
         else:
             self.ram.free_and_release(victim.page_bytes, slot)
-        self.counters[Tier.RAM].num_evictions += 1
+        self.ram_counters.num_evictions += 1
         if not victim.is_on_disk:
             self.index.remove(victim)
         self.lock.notify_all()
 
     def _demote(self, entry: Entry) -> bool:
         """Unlocked, entry pinned in RAM: copy it to the next tier down."""
-        slot = self.ram.arenas[entry.page_bytes].slot(entry.ram_slot)
         if self.disk is not None:
-            return self._write_disk(entry, slot)
-        return self._write_backing(entry, slot)
+            return self.disk.write(entry, self._slot(entry))
+        return self.backing.write(entry, self._slot(entry))
 
-    def _copy_down(self, entry: Entry) -> None:
+    def can_copy_down(self) -> bool:
+        return self.disk is not None or self.backing is not None
+
+    def copy_down(self, entry: Entry) -> None:
         """Unlocked, entry pinned in RAM: write-through to every lower tier, then unpin."""
-        slot = self.ram.arenas[entry.page_bytes].slot(entry.ram_slot)
         if self.disk is not None and not entry.is_on_disk:
-            self._write_disk(entry, slot)
+            self.disk.write(entry, self._slot(entry))
         if self.backing is not None and not entry.is_in_backing:
-            self._write_backing(entry, slot)
-        with self.lock:
-            entry.num_pins -= 1
-            self.lock.notify_all()
+            self.backing.write(entry, self._slot(entry))
+        self.unpin([entry])
 
-    # NVMe ----------------------------------------------------------------------------------
+    def write_disk(self, entry: Entry) -> None:
+        """Unlocked, entry pinned in RAM: copy it to the NVMe tier now (fsync=always)."""
+        self.disk.write(entry, self._slot(entry))
 
-    def _write_disk(self, entry: Entry, slot: memoryview) -> bool:
-        """Unlocked, entry pinned. A full disk skips the store (counted), never fails the caller."""
-        num_bytes = file_bytes(entry.page_bytes)
-        with self.lock:
-            if not self._reserve_disk(num_bytes):
-                self.counters[Tier.DISK].num_store_skips += 1
-                return False
-        try:
-            self.io.submit(self.disk.write, entry.key, slot, entry.page_bytes).result()
-        except OSError as error:
-            with self.lock:
-                self.num_disk_bytes -= num_bytes
-                self.counters[Tier.DISK].num_store_skips += 1
-                if error.errno == errno.ENOSPC:
-                    self._shrink_disk_budget()
-                    return False
-            log.warning("NVMe store skipped: %s", error)
-            return False
-        with self.lock:
-            entry.is_on_disk = True
-            self.counters[Tier.DISK].bytes_in += entry.page_bytes
-        return True
+    # Promotion -----------------------------------------------------------------------------
 
-    def _shrink_disk_budget(self) -> None:
-        """Lock held. The disk is full below the configured size: the budget becomes what the
-        tier holds now, so later stores evict its LRU pages instead of failing one by one."""
-        configured, self.disk_capacity_bytes = self.disk_capacity_bytes, self.num_disk_bytes
-        log.warning("NVMe tier: the disk is full at %d bytes of pages, below its budget of %d; the "
-                    "budget is now %d bytes (give --disk-size at most the free space)",
-                    self.num_disk_bytes, configured, self.disk_capacity_bytes)
-
-    def _reserve_disk(self, num_bytes: int) -> bool:
-        """Lock held; may release it. Room for one file, dropping LRU disk pages as needed."""
-        if num_bytes > self.disk_capacity_bytes:
-            return False
-        while self.num_disk_bytes + num_bytes > self.disk_capacity_bytes:
-            victim = self.index.victim(lambda entry: entry.can_leave_disk, self.policy.priority)
-            if victim is None:
-                return False
-            self._drop_from_disk(victim)
-            self.counters[Tier.DISK].num_evictions += 1
-            self._unlocked_io(self.disk.delete, victim.key, victim.page_bytes)
-        self.num_disk_bytes += num_bytes
-        return True
-
-    def _drop_from_disk(self, entry: Entry) -> None:
-        """Lock held. Forget the disk copy (the caller deletes the file, or it is gone)."""
-        entry.is_on_disk = False
-        self.num_disk_bytes -= file_bytes(entry.page_bytes)
-        if entry.ram_slot is None and entry.num_pins == 0:
-            self.index.remove(entry)
-
-    def _promote_from_disk(self, entry: Entry) -> bool:
+    def promote_from_disk(self, entry: Entry) -> bool:
         """Lock held; may release it. Read a disk-only page into a RAM slot (checksum verified)."""
         entry.is_promoting = True
         entry.num_pins += 1
         try:
             slot = self._reserve_slot(entry.page_bytes)
-            view = self.ram.arenas[entry.page_bytes].slot(slot)
-            error = self._unlocked_io(self._read_into, entry, view)
+            error = self.disk.read_into(entry, self.ram.arenas[entry.page_bytes].slot(slot))
         except NoRoom:
             slot, error = None, NoRoom("")
         entry.is_promoting = False
@@ -203,66 +161,17 @@ class Tiers:
         self.lock.notify_all()
         if error is None:
             entry.ram_slot = slot
-            self.counters[Tier.DISK].num_hits += 1
-            self.counters[Tier.DISK].bytes_out += entry.page_bytes
+            self.disk.counters.count_hit(entry.page_bytes)
             return True
         if slot is not None:
             self.ram.free(entry.page_bytes, slot)
-            self._forget_bad_disk_copy(entry, error)
+            self.disk.forget_bad_copy(entry, error)
         return False
 
-    def _read_into(self, entry: Entry, view: memoryview) -> Exception | None:
-        try:
-            self.disk.read_into(entry.key, entry.page_bytes, view)
-            return None
-        except (CorruptPage, FileNotFoundError) as error:
-            return error
-
-    def _forget_bad_disk_copy(self, entry: Entry, error: Exception) -> None:
-        """Lock held. A corrupt or vanished page file is a miss, never data."""
-        if isinstance(error, CorruptPage):
-            log.warning("corrupt page %s deleted: %s", entry.key.hex()[:16], error)
-            self.counters[Tier.DISK].num_corrupt += 1
-        if entry.is_on_disk:
-            self._drop_from_disk(entry)
-
-    # Backing kvstore -----------------------------------------------------------------------
-
-    def _write_backing(self, entry: Entry, slot: memoryview) -> bool:
-        """Unlocked, entry pinned. A backing that is down skips the store (counted)."""
-        data = bytes(slot[:entry.page_bytes])
-        try:
-            self.backing.put_pages([(entry.key, data)])
-        except grpc.RpcError as error:
-            log.warning("backing store skipped: %s", error.code())
-            with self.lock:
-                self.counters[Tier.REMOTE].num_store_skips += 1
-            return False
-        with self.lock:
-            entry.is_in_backing = True
-            self.counters[Tier.REMOTE].bytes_in += len(data)
-        return True
-
-    def _fetch_backing(self, keys: list[bytes]) -> dict[bytes, bytes]:
-        """Unlocked. Pages the backing holds among `keys` ({} when it is down)."""
-        try:
-            return dict(self.backing.get_pages(keys))
-        except grpc.RpcError as error:
-            log.warning("backing fetch failed: %s", error.code())
-            return {}
-
-    def _lookup_backing(self, keys: list[bytes]) -> int:
-        """Unlocked. How many leading keys the backing holds (0 when it is down)."""
-        try:
-            return self.backing.lookup("", keys).num_present
-        except grpc.RpcError as error:
-            log.warning("backing lookup failed: %s", error.code())
-            return 0
-
-    def _insert_page(self, key: bytes, data: bytes) -> Entry | None:
+    def insert_page(self, key: bytes, data: bytes) -> Entry | None:
         """Lock held; may release it. A READY RAM entry holding `data` (an existing visible entry
         wins); None if the key is being written. Raises NoRoom."""
-        entry = self._wait_promoted(key)
+        entry = self.wait_promoted(key)
         if entry is None:
             slot = self._reserve_slot(len(data))
             entry = self.index.get(key)
@@ -271,5 +180,55 @@ class Tiers:
             else:
                 self.ram.arenas[len(data)].page(slot, len(data))[:] = data
                 entry = self.index.add(Entry(key, len(data), EntryState.READY, ram_slot=slot))
-                self.counters[Tier.RAM].bytes_in += len(data)
+                self.ram_counters.bytes_in += len(data)
         return entry if entry.is_visible else None
+
+    def read_page(self, key: bytes) -> bytes | None:
+        """Unlocked. The bytes of a visible local page (RAM, else NVMe), or None; the page is
+        pinned, not locked, while it is copied out."""
+        with self.lock:
+            entry = self.wait_promoted(key)
+            if entry is None or not entry.is_visible:
+                self.ram_counters.num_misses += 1
+                return None
+            entry.num_pins += 1
+            self.index.touch(entry)
+            slot = entry.ram_slot
+        data, error = None, None
+        try:
+            if slot is not None:
+                data = bytes(self.ram.arenas[entry.page_bytes].page(slot, entry.page_bytes))
+            else:
+                data = self.disk.read(entry)
+        except (CorruptPage, FileNotFoundError) as failure:
+            error = failure
+        with self.lock:
+            entry.num_pins -= 1
+            if error is not None:
+                self.disk.forget_bad_copy(entry, error)
+                self.disk.counters.num_misses += 1
+            else:
+                (self.ram_counters if slot is not None else self.disk.counters).count_hit(len(data))
+            self.lock.notify_all()
+        return data
+
+    # Integrity and stats -------------------------------------------------------------------
+
+    def snapshots(self) -> list[TierSnapshot]:
+        """Lock held. RAM, then NVMe and the backing where the store has them."""
+        ram = [e for e in self.index if e.is_visible and e.ram_slot is not None]
+        tiers = [TierSnapshot(Tier.RAM, len(ram), sum(e.page_bytes for e in ram),
+                              self.ram.capacity_bytes, self.ram_counters)]
+        if self.disk is not None:
+            num_disk = sum(1 for e in self.index if e.is_visible and e.is_on_disk)
+            tiers.append(TierSnapshot(Tier.DISK, num_disk, self.disk.num_bytes,
+                                      self.disk.capacity_bytes, self.disk.counters))
+        if self.backing is not None:
+            tiers.append(TierSnapshot(Tier.REMOTE, 0, 0, 0, self.backing.counters))
+        return tiers
+
+    def check_integrity(self) -> None:
+        """Lock held. Used RAM bytes == the slots entries hold."""
+        held = sum(self.ram.arenas[e.page_bytes].slot_bytes
+                   for e in self.index if e.ram_slot is not None)
+        assert held == self.ram.num_used_bytes, (held, self.ram.num_used_bytes)

@@ -14,7 +14,7 @@ FINISH_NAMES = {generation_pb2.FINISH_REASON_LENGTH: "length", generation_pb2.FI
                 generation_pb2.FINISH_REASON_ABORT: "abort"}
 
 
-class Summary(NamedTuple):
+class CompletionSummary(NamedTuple):
     num_tokens: int
     finish_reason: str
     num_cached_tokens: int
@@ -63,7 +63,7 @@ def build_request(args: argparse.Namespace) -> generation_pb2.GenerateRequest:
 
 
 def stream_completion(stub: generation_pb2_grpc.GenerationStub, request: generation_pb2.GenerateRequest,
-                      out: TextIO, timeout: float = 300.0) -> Summary:
+                      out: TextIO, timeout: float = 300.0) -> CompletionSummary:
     """Write text to `out` as it arrives; return the summary. Raises grpc.RpcError."""
     start = time.perf_counter()
     num_tokens, last = 0, None
@@ -74,7 +74,7 @@ def stream_completion(stub: generation_pb2_grpc.GenerationStub, request: generat
         last = response
     reason = FINISH_NAMES.get(last.finish_reason, "unknown") if last else "none"
     cached = last.usage.cached_tokens if last else 0
-    return Summary(num_tokens, reason, cached, time.perf_counter() - start)
+    return CompletionSummary(num_tokens, reason, cached, time.perf_counter() - start)
 
 
 def main(argv: list[str]) -> int:

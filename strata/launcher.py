@@ -23,6 +23,7 @@ import grpc
 
 from executor.daemon import DTYPE_CHOICES   # torch-free: the executor imports torch late
 from executor.default_model import default_data_dir
+from kvstore.ram import remove_arenas_of
 from protos.v1 import generation_pb2, generation_pb2_grpc
 from runtime.logs import configure_logging
 from runtime.sizes import parse_size
@@ -32,6 +33,7 @@ from strata.supervisor import ChildSpec, Supervisor
 log = logging.getLogger("strata.up")
 
 DEMO_PROMPT = "def fibonacci(n):"
+SHM_DIR = "/dev/shm"   # the kvstore's RAM arenas
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -109,13 +111,19 @@ def child_specs(args: argparse.Namespace, run_dir: Path) -> list[ChildSpec]:
         kvstore_socket = f"unix:{run_dir / 'kvstore.sock'}"
         scheduler.extend(["--kvstore", kvstore_socket])
         children.insert(0, ChildSpec("kvstore", kvstore_argv(args, kvstore_socket), kvstore_socket,
-                                     "strata.v1.KVStore", 60.0))
+                                     "strata.v1.KVStore", 60.0, remove_dead_kvstore_arenas))
     return children
+
+
+def remove_dead_kvstore_arenas(pid: int) -> None:
+    """The kvstore `pid` died (kill -9 leaves its RAM arena in tmpfs): free it now."""
+    if remove_arenas_of(pid, SHM_DIR):
+        log.info("removed the arena files of the dead kvstore (pid %d) from %s", pid, SHM_DIR)
 
 
 def kvstore_argv(args: argparse.Namespace, listen: str) -> list[str]:
     ram = args.kvstore_ram or str(default_ram_tier_bytes())
-    argv = ["kvstore", "--listen", listen, "--ram", ram]
+    argv = ["kvstore", "--listen", listen, "--ram", ram, "--shm-dir", SHM_DIR]
     disk = args.kvstore_disk or str(default_disk_tier_bytes(args.data_dir))
     if disk.strip() != "0":
         disk_dir = args.data_dir / "kvstore"

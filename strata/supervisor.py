@@ -1,5 +1,11 @@
 """Child daemons of `strata up`: start together, wait for readiness, restart with backoff, stop.
 
+A child killed by a signal while starting (kill -9, the OOM killer while it loads the model, a
+crash) is started again with the same backoff as after start-up, up to MAX_START_ATTEMPTS starts;
+one that exits by itself (it says why: a bad flag, a broken checkpoint) ends `strata up` at once
+with its log's tail. While a child
+is not ready yet, a line every PROGRESS_SECONDS (the first after 2 s) says what it is doing (its log's last line).
+
 Each child is a `strata <daemon> ...` process in its own session (Ctrl-C reaches only the
 launcher, which then stops the children in reverse start order: SIGTERM, then SIGKILL after a
 grace period).
@@ -15,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -24,6 +31,8 @@ log = logging.getLogger("strata.up")
 STOP_GRACE_SECONDS = 10.0
 PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
 MAX_BACKOFF_SECONDS = 30.0
+MAX_START_ATTEMPTS = 4
+FIRST_PROGRESS_SECONDS, PROGRESS_SECONDS = 2.0, 5.0
 
 
 @dataclass(slots=True)
@@ -33,6 +42,9 @@ class ChildSpec:
     health_target: str        # where its grpc.health.v1 answers
     ready_service: str        # readiness service name, e.g. "strata.v1.Executor"
     ready_timeout_s: float = 600.0
+    # Called with the pid of a child that exited, once it is reaped (e.g. remove a dead
+    # kvstore's arena files, whose RAM tmpfs keeps until they are unlinked).
+    on_exit: Callable[[int], None] | None = None
 
 
 @dataclass(slots=True)
@@ -80,14 +92,41 @@ class Supervisor:
         log.info("started %s (pid %d, log %s)", child.spec.name, child.process.pid, child.log_path)
 
     def _wait_ready(self, child: Child, should_stop) -> None:
-        deadline = time.monotonic() + child.spec.ready_timeout_s
+        started = time.monotonic()
+        deadline, next_progress = started + child.spec.ready_timeout_s, started + FIRST_PROGRESS_SECONDS
         while not is_ready(child.spec.health_target, child.spec.ready_service):
+            now = time.monotonic()
             if child.process.poll() is not None:
-                raise RuntimeError(f"{child.spec.name} exited with code {child.process.returncode}; "
+                self._restart_while_starting(child, should_stop)
+                deadline = time.monotonic() + child.spec.ready_timeout_s
+            elif now > deadline or should_stop():
+                raise RuntimeError(f"{child.spec.name} not ready after {child.spec.ready_timeout_s}s; "
                                    f"its log:\n{tail(child.log_path)}")
-            if time.monotonic() > deadline or should_stop():
-                raise RuntimeError(f"{child.spec.name} not ready after {child.spec.ready_timeout_s}s")
+            elif now >= next_progress:
+                next_progress = now + PROGRESS_SECONDS
+                log.info("waiting for %s (pid %d, %.0fs): %s", child.spec.name, child.process.pid,
+                         now - started, last_line(child.log_path))
             time.sleep(0.2)
+
+    def _restart_while_starting(self, child: Child, should_stop) -> None:
+        """The child died before it was ready: start it again after the backoff when a signal
+        killed it, else (or after MAX_START_ATTEMPTS starts) give up: RuntimeError with its log."""
+        code = child.process.returncode
+        if code >= 0 or child.num_restarts + 1 >= MAX_START_ATTEMPTS or should_stop():
+            raise RuntimeError(f"{child.spec.name} exited with code {code} while starting "
+                               f"({child.num_restarts + 1} attempts); its log:\n{tail(child.log_path)}")
+        self._reaped(child)
+        delay = backoff_seconds(child.num_restarts)
+        log.error("%s exited with code %s while starting; starting it again in %.0fs (attempt %d of "
+                  "%d; log: %s)", child.spec.name, code, delay, child.num_restarts + 2,
+                  MAX_START_ATTEMPTS, child.log_path)
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline and not should_stop():
+            time.sleep(0.1)
+        if should_stop():
+            raise RuntimeError(f"stopped while {child.spec.name} was starting")
+        child.num_restarts += 1
+        self._spawn(child)
 
     def restart_dead_children(self) -> None:
         """Call periodically: a child that died is restarted after 1, 2, 4 ... 30 s."""
@@ -96,7 +135,8 @@ class Supervisor:
             if child.process.poll() is None:
                 continue
             if child.restart_at is None:
-                delay = min(2.0 ** child.num_restarts, MAX_BACKOFF_SECONDS)
+                self._reaped(child)
+                delay = backoff_seconds(child.num_restarts)
                 child.restart_at = now + delay
                 log.error("%s exited with code %s; restarting in %.0fs (log: %s)", child.spec.name,
                           child.process.returncode, delay, child.log_path)
@@ -109,6 +149,19 @@ class Supervisor:
         """Stop every child, in reverse start order (see stop_processes)."""
         stop_processes([c.process for c in reversed(self.children) if c.process is not None],
                        STOP_GRACE_SECONDS)
+        for child in self.children:
+            if child.process is not None:
+                self._reaped(child)
+
+    @staticmethod
+    def _reaped(child: Child) -> None:
+        if child.spec.on_exit is not None:
+            child.spec.on_exit(child.process.pid)
+
+
+def backoff_seconds(num_restarts: int) -> float:
+    """1, 2, 4 ... 30 s before the next start of a child that died num_restarts times."""
+    return min(2.0 ** num_restarts, MAX_BACKOFF_SECONDS)
 
 
 def exit_with_parent(parent_pid: int):
@@ -143,6 +196,12 @@ def stop_processes(processes: list[subprocess.Popen], grace_s: float) -> list[in
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
     return [process.returncode for process in processes]
+
+
+def last_line(path: Path, max_chars: int = 200) -> str:
+    """The log's last non-empty line (what a starting daemon is doing)."""
+    lines = [line for line in tail(path, 4000).splitlines() if line.strip()]
+    return lines[-1][-max_chars:] if lines else "(nothing logged yet)"
 
 
 def tail(path: Path, num_chars: int = 3000) -> str:

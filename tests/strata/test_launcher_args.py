@@ -1,0 +1,46 @@
+"""`strata up`'s flags as its children's argv, and the flag combinations it refuses (no
+process is started: the real-process tests are in tests/system/test_launcher.py)."""
+import pytest
+
+
+def test_child_argv_carry_the_kv_dtype_and_the_no_reuse_baseline(tmp_path):
+    from strata.launcher import build_parser, child_specs
+
+    def specs(*flags: str) -> dict[str, list[str]]:
+        args = build_parser("strata up").parse_args(["--data-dir", str(tmp_path), *flags])
+        args.data_dir = tmp_path
+        return {spec.name: spec.argv for spec in child_specs(args, tmp_path)}
+
+    default = specs()
+    assert list(default) == ["kvstore", "executor", "scheduler"]
+    assert default["executor"][default["executor"].index("--kv-cache-dtype") + 1] == "auto"
+    assert "--kvstore" in default["scheduler"] and "--no-prefix-caching" not in default["scheduler"]
+    baseline = specs("--no-prefix-caching", "--kv-cache-dtype", "float16")
+    assert list(baseline) == ["executor", "scheduler"]   # no reuse: no kvstore either
+    assert "--no-prefix-caching" in baseline["scheduler"] and "--kvstore" not in baseline["scheduler"]
+    assert baseline["executor"][baseline["executor"].index("--kv-cache-dtype") + 1] == "float16"
+
+
+def test_scheduler_refuses_no_prefix_caching_with_a_kvstore(capsys):
+    from scheduler.daemon import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--executor", "unix:x", "--kvstore", "unix:y", "--no-prefix-caching"])
+    assert "--no-prefix-caching turns off every KV reuse; drop it or drop --kvstore" in capsys.readouterr().err
+
+
+def test_kv_cache_memory_reaches_the_executor_in_bytes_and_excludes_a_block_count(tmp_path, capsys):
+    from strata.launcher import build_parser, child_specs
+
+    parser = build_parser("strata up")
+    args = parser.parse_args(["--data-dir", str(tmp_path), "--kv-cache-memory", "64MiB"])
+    args.data_dir = tmp_path
+    executor = next(spec.argv for spec in child_specs(args, tmp_path) if spec.name == "executor")
+    assert executor[executor.index("--kv-cache-memory") + 1] == str(64 << 20)
+    assert "--num-device-blocks" not in executor
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--kv-cache-memory", "64MiB", "--num-device-blocks", "8"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--kv-cache-memory", "lots"])
+    assert "not a byte size: 'lots'" in capsys.readouterr().err

@@ -1,0 +1,223 @@
+"""compose.yaml without a Docker engine: parse it, check the wiring between its services, run
+every `command` through its daemon's real argument parser, then start the three commands as
+local processes (in compose's dependency order, gated by the services' own healthchecks) and
+generate through them.
+
+Only what a container provides is rewritten for the local run: service hostnames and 0.0.0.0
+listeners -> 127.0.0.1 with free ports, /data -> a tmp dir, the model -> the tiny test
+checkpoint, and sizes that fit this machine.
+"""
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+
+from executor import daemon as executor_daemon
+from executor.default_model import NAME as DEFAULT_MODEL_NAME
+from kvstore import daemon as kvstore_daemon
+from kvstore.service import SERVICE_NAME as KVSTORE_SERVICE
+from protos.v1 import common_pb2, generation_pb2, generation_pb2_grpc
+from scheduler import daemon as scheduler_daemon
+from servers import EXACT_DTYPE, free_port, logs, spawn, stop_processes
+
+pytestmark = pytest.mark.system
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("kvstore", "executor", "scheduler")   # compose's start order (depends_on)
+PARSERS = {"kvstore": kvstore_daemon.build_parser().parse_args,
+           "executor": executor_daemon.build_parser().parse_args,
+           "scheduler": scheduler_daemon.parse_args}
+READY_SERVICES = {"kvstore": KVSTORE_SERVICE, "executor": executor_daemon.SERVICE_NAME,
+                  "scheduler": scheduler_daemon.SERVICE_NAME}
+MAX_TOKENS = 8
+
+
+def interpolate(value: str) -> str:
+    """Compose's `${NAME:-default}`, taking the default: the test must not depend on the
+    caller's environment."""
+    assert "$" not in re.sub(r"\$\{\w+:-[^}]*\}", "", value), f"unsupported interpolation: {value}"
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+
+@pytest.fixture(scope="module")
+def services() -> dict:
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+
+
+def docker_bytes(text: str) -> int:
+    """Docker's sizes ('3gb', '512m'): binary units."""
+    number, unit = re.fullmatch(r"(\d+)([kmg]?)b?", text.lower()).groups()
+    return int(number) << (10 * " kmg".index(unit or " "))
+
+
+def command(services: dict, name: str) -> list[str]:
+    return [interpolate(arg) for arg in services[name]["command"]]
+
+
+def parsed(services: dict, name: str):
+    argv = command(services, name)
+    assert argv[0] == name, "the image's entrypoint is `strata`: command starts with the daemon"
+    return PARSERS[name](argv[1:])
+
+
+def listen_port(services: dict, name: str) -> str:
+    listen = parsed(services, name).listen
+    return (listen[0] if isinstance(listen, list) else listen).rpartition(":")[2]
+
+
+def test_three_services_from_one_image_built_here(services):
+    assert set(services) == set(SERVICES)
+    for service in services.values():
+        assert service["image"] == "strata:local"
+        assert service["build"]["context"] == "."
+        assert interpolate(service["build"]["args"]["TORCH_INDEX"]).endswith("/whl/cpu")
+        assert service["restart"] == "unless-stopped"
+
+
+def test_every_command_parses_with_its_daemon_parser(services):
+    kvstore, executor, scheduler = (parsed(services, name) for name in SERVICES)
+    assert kvstore.listen == ["0.0.0.0:50053"]
+    assert kvstore.insecure and kvstore.ram == 2 << 30 and kvstore.disk == "/data/kvstore"
+    assert services["kvstore"]["volumes"] == ["kvstore-data:/data"]   # the disk tier persists
+    assert executor.listen == "0.0.0.0:50052" and executor.data_dir == Path("/data")
+    assert executor.model == Path("/models") / DEFAULT_MODEL_NAME   # baked into the image
+    assert (scheduler.executor, scheduler.kvstore, scheduler.listen) == \
+        ("executor:50052", "kvstore:50053", "0.0.0.0:50051")
+
+
+def test_executor_maps_the_kvstore_shared_memory(services):
+    kvstore, executor = services["kvstore"], services["executor"]
+    assert kvstore["ipc"] == "shareable" and executor["ipc"] == "service:kvstore"
+    shm_bytes = docker_bytes(interpolate(kvstore["shm_size"]))
+    assert shm_bytes > parsed(services, "kvstore").ram, "/dev/shm must hold the whole RAM arena"
+    assert "deploy" not in executor, "the base file must run on a host without a GPU"
+
+
+def test_image_builds_the_native_kernels_into_an_executor_volume(services):
+    """The CPU kernels are compiled at the executor's first start (for the host's CPU): the image
+    needs a C++ compiler, and their build directory is a volume of the executor's."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"apt-get install [^\n]*\bg\+\+", dockerfile)
+    extensions_dir, = re.findall(r"STRATA_EXTENSIONS_DIR=(\S+)", dockerfile)
+    mounts = [interpolate(volume).split(":")[1] for volume in services["executor"]["volumes"]]
+    assert any(extensions_dir.startswith(mount.rstrip("/") + "/") for mount in mounts), mounts
+
+
+def test_gpu_override_gives_the_executor_a_gpu_and_a_cuda_build():
+    override = yaml.safe_load((ROOT / "compose.gpu.yaml").read_text())["services"]
+    gpu, = override["executor"]["deploy"]["resources"]["reservations"]["devices"]
+    assert gpu == {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}
+    for service in ("kvstore", "executor", "scheduler"):   # one image: the same build args
+        assert override[service]["build"]["args"]["EXTRAS"] == "[gpu]"
+        assert "cu12" in override[service]["build"]["args"]["TORCH_INDEX"]
+
+
+def test_scheduler_alone_is_published_and_starts_after_healthy_daemons(services):
+    assert [interpolate(port) for port in services["scheduler"]["ports"]] == ["127.0.0.1:50051:50051"]
+    assert "ports" not in services["kvstore"] and "ports" not in services["executor"]
+    assert services["scheduler"]["depends_on"] == {"kvstore": {"condition": "service_healthy"},
+                                                   "executor": {"condition": "service_healthy"}}
+    assert services["executor"]["depends_on"]["kvstore"]["condition"] == "service_healthy"
+    # The scheduler reads the tokenizer from the executor's model path: same mount, same path.
+    models_mount, = (volume for volume in services["executor"]["volumes"] if ":/models" in volume)
+    assert models_mount in services["scheduler"]["volumes"]
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_healthcheck_probes_the_daemon_readiness_on_its_own_port(services, name):
+    probe = services[name]["healthcheck"]["test"]
+    assert probe[:3] == ["CMD", "python", "-c"]
+    assert probe[4:] == [f"127.0.0.1:{listen_port(services, name)}", READY_SERVICES[name]]
+
+
+# --- the stack as local processes -------------------------------------------------------------
+
+def localize(name: str, argv: list[str], addresses: dict[str, str], data_dir: Path,
+             overrides: dict[str, str]) -> list[str]:
+    """Rewrite what a container provides: hostnames, 0.0.0.0 listeners, /data, OVERRIDES' values."""
+    assert set(overrides) <= set(argv), f"{name}: only rewrite flags compose.yaml sets"
+    local = []
+    for previous, arg in zip([""] + argv, argv):
+        if previous in overrides:
+            arg = overrides[previous]
+        elif arg.startswith("0.0.0.0:"):
+            arg = addresses[f"{name}:{arg.rpartition(':')[2]}"]
+        elif arg in addresses:
+            arg = addresses[arg]
+        elif arg == "/data" or arg.startswith("/data/"):
+            arg = str(data_dir) + arg.removeprefix("/data")
+        local.append(arg)
+    return local
+
+
+def local_commands(services: dict, run_dir: Path, model_dir: Path,
+                   addresses: dict[str, str]) -> dict[str, list[str]]:
+    overrides = {"kvstore": {"--ram": "64MiB"}, "executor": {"--model": str(model_dir)},
+                 "scheduler": {}}
+    extra = {"kvstore": ["--shm-dir", str(run_dir / "shm")],
+             "executor": ["--num-device-blocks", "64", "--num-threads", "1", *EXACT_DTYPE], "scheduler": []}
+    (run_dir / "shm").mkdir()
+    return {name: localize(name, command(services, name), addresses, run_dir / name, overrides[name])
+            + extra[name] for name in SERVICES}
+
+
+def wait_healthy(probe: list[str], address: str, processes: list, run_dir: Path,
+                 timeout_s: float = 60) -> None:
+    """Run the service's own healthcheck (its python one-liner) against the local address."""
+    argv = [sys.executable, "-c", probe[3], address, *probe[5:]]
+    deadline = time.monotonic() + timeout_s
+    while subprocess.run(argv, capture_output=True, timeout=30).returncode != 0:
+        dead = [p.args for p in processes if p.poll() is not None]
+        assert not dead, f"{dead} exited:\n{logs(run_dir)}"
+        assert time.monotonic() < deadline, f"{probe[5]} not healthy in {timeout_s}s:\n{logs(run_dir)}"
+        time.sleep(0.3)
+
+
+def hf_greedy(model_dir: Path, prompt: list[int]) -> list[int]:
+    import torch
+
+    from checkpoints import load_hf_model
+
+    input_ids = torch.tensor([prompt])
+    with torch.no_grad():
+        out = load_hf_model(model_dir).generate(
+            input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+            max_new_tokens=MAX_TOKENS, eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def generate(address: str, prompt: list[int]) -> tuple[list[int], int]:
+    request = generation_pb2.GenerateRequest(
+        tokens=generation_pb2.TokenIds(ids=prompt), sampling=common_pb2.SamplingParams(temperature=0.0),
+        stopping=generation_pb2.StoppingCriteria(max_tokens=MAX_TOKENS, ignore_eos=True))
+    tokens, reason = [], None
+    with grpc.insecure_channel(address) as channel:
+        for response in generation_pb2_grpc.GenerationStub(channel).Generate(request, timeout=60):
+            tokens += response.token_ids
+            reason = response.finish_reason
+    return tokens, reason
+
+
+def test_compose_commands_serve_a_greedy_generate(services, llama_dir, tmp_path):
+    addresses = {f"{name}:{listen_port(services, name)}": f"127.0.0.1:{free_port()}" for name in SERVICES}
+    commands = local_commands(services, tmp_path, llama_dir, addresses)
+    prompt = list(range(3, 23))
+    processes, expected = [], None
+    try:
+        for name in SERVICES:
+            processes.append(spawn(commands[name], tmp_path / f"{name}.log"))
+            if expected is None:
+                expected = hf_greedy(llama_dir, prompt)   # overlaps the kvstore's start-up
+            local_address = addresses[f"{name}:{listen_port(services, name)}"]
+            wait_healthy(services[name]["healthcheck"]["test"], local_address, processes, tmp_path)
+        tokens, reason = generate(local_address, prompt)   # the scheduler's, started last
+        assert len(tokens) == MAX_TOKENS and tokens == expected
+        assert reason == generation_pb2.FINISH_REASON_LENGTH
+    finally:
+        codes = stop_processes(processes[::-1], grace_s=10)
+    assert codes == [0] * len(SERVICES), f"unclean shutdown {codes}:\n{logs(tmp_path)}"
