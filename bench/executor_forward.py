@@ -131,7 +131,7 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
-    from executor.engine import EngineSettings, build_runner
+    from executor.settings import RunnerSettings, build_runner
 
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
@@ -140,7 +140,7 @@ def main(argv: list[str]) -> int:
           f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; fp32; model {SHAPE}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         hf = make_model(tmp)
-        runner = build_runner(EngineSettings(tmp, num_device_blocks=num_blocks, block_size=BLOCK_SIZE,
+        runner = build_runner(RunnerSettings(tmp, num_device_blocks=num_blocks, block_size=BLOCK_SIZE,
                                              max_num_batched_tokens=max(4096, args.prefill)))
         runner.pool.tensor.normal_()
         print(f"{'workload':<22}{'executor tok/s':>16}{'HF tok/s':>12}{'ratio':>8}", flush=True)

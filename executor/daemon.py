@@ -101,13 +101,13 @@ def load_runner(args, data_dir: Path, num_threads: int):
     import torch
 
     from executor.default_model import ensure_default_model
-    from executor.engine import EngineSettings, build_runner
+    from executor.settings import RunnerSettings, build_runner
 
     torch.set_num_threads(num_threads)
     log.info("threads: torch %d, OMP_NUM_THREADS=%s, OMP_WAIT_POLICY=%s", torch.get_num_threads(),
              os.environ.get("OMP_NUM_THREADS"), os.environ.get("OMP_WAIT_POLICY"))
     model_dir = args.model or ensure_default_model(data_dir)
-    settings = EngineSettings(
+    settings = RunnerSettings(
         model_dir=model_dir, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype, device=args.device,
         block_size=args.block_size,
         num_device_blocks=args.num_device_blocks, kv_cache_bytes=args.kv_cache_bytes,

@@ -31,7 +31,7 @@ class Limits(NamedTuple):
     max_num_seqs: int
 
 
-class ScheduledRequest(NamedTuple):
+class PlannedRequest(NamedTuple):
     """One request of a validated plan: its state (new or held), blocks to append, tokens to run."""
     state: RequestState
     new_block_ids: list[int]
@@ -39,7 +39,7 @@ class ScheduledRequest(NamedTuple):
 
 
 def check_plan(plan, requests: dict[str, RequestState], limits: Limits,
-               arena_slots: dict[str, int]) -> list[ScheduledRequest]:
+               arena_slots: dict[str, int]) -> list[PlannedRequest]:
     """Validate the whole plan against held state; change nothing; PlanError says what is wrong.
 
     Finishing an unknown request id is not an error (a no-op): aborts stay idempotent and a
@@ -64,7 +64,7 @@ def check_plan(plan, requests: dict[str, RequestState], limits: Limits,
     return scheduled
 
 
-def _check_new(new, remaining: set[str], limits: Limits) -> ScheduledRequest:
+def _check_new(new, remaining: set[str], limits: Limits) -> PlannedRequest:
     rid = new.request_id
     if not rid:
         raise PlanError("a new request has an empty request_id")
@@ -80,16 +80,16 @@ def _check_new(new, remaining: set[str], limits: Limits) -> ScheduledRequest:
     state = RequestState(rid, token_ids, len(new.prompt_token_ids), [],
                          new.num_computed_tokens, sampling_from_proto(new.sampling, rid))
     _check_span(state, list(new.block_ids), new.num_scheduled_tokens, limits)
-    return ScheduledRequest(state, list(new.block_ids), new.num_scheduled_tokens)
+    return PlannedRequest(state, list(new.block_ids), new.num_scheduled_tokens)
 
 
-def _check_running(running, state: RequestState, limits: Limits) -> ScheduledRequest:
+def _check_running(running, state: RequestState, limits: Limits) -> PlannedRequest:
     if running.num_computed_tokens != state.num_computed_tokens:
         raise PlanError(f"request {state.request_id!r}: plan says {running.num_computed_tokens} computed "
                         f"tokens, the executor has {state.num_computed_tokens}")
     new_block_ids = list(running.new_block_ids)
     _check_span(state, new_block_ids, running.num_scheduled_tokens, limits)
-    return ScheduledRequest(state, new_block_ids, running.num_scheduled_tokens)
+    return PlannedRequest(state, new_block_ids, running.num_scheduled_tokens)
 
 
 def _check_span(state: RequestState, new_block_ids: list[int], num_scheduled: int, limits: Limits) -> None:
@@ -109,7 +109,7 @@ def _check_span(state: RequestState, new_block_ids: list[int], num_scheduled: in
                         f"tokens, {end} needed: append blocks")
 
 
-def _check_totals(plan, scheduled: list[ScheduledRequest], limits: Limits) -> None:
+def _check_totals(plan, scheduled: list[PlannedRequest], limits: Limits) -> None:
     total = sum(item.num_scheduled_tokens for item in scheduled)
     if total != plan.num_scheduled_tokens:
         raise PlanError(f"plan.num_scheduled_tokens is {plan.num_scheduled_tokens} but the requests "

@@ -13,7 +13,7 @@ from executor.errors import PlanError
 from executor.models.loader import LoadedModel
 from executor.models.transformer import BatchInputs
 from executor.page_mover import PageMover
-from executor.request_state import Limits, RequestState, ScheduledRequest, check_plan
+from executor.request_state import Limits, RequestState, PlannedRequest, check_plan
 from executor.sampler import RowContext, sample
 from protos.v1 import common_pb2, executor_pb2
 
@@ -92,7 +92,7 @@ class Runner:
         result.failed_moves.extend(moves.failed)
         return StepOutput(result, logits, [state.request_id for state in states])
 
-    def _admit(self, scheduled: list[ScheduledRequest]) -> list[tuple[RequestState, int]]:
+    def _admit(self, scheduled: list[PlannedRequest]) -> list[tuple[RequestState, int]]:
         work = []
         for item in scheduled:
             self.requests[item.state.request_id] = item.state

@@ -9,7 +9,7 @@ Every block is in exactly one region:
 `allocate` takes free blocks first, then evicts cached ones (least recently released first).
 A used block may also carry a key: it is then findable by `match_prefix` and shared.
 
-Seam for the kvstore tiers (not built yet): a block whose store is in flight is simply held
+How the host tiers (host_tiers.py, offload.py) use it: a block whose store is in flight is held
 with `acquire` until the store completes (so it cannot be reused), and a block filled by a load
 is allocated, loaded, then published with `cache_block` only once the load completed.
 """
@@ -17,6 +17,11 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from typing import Iterable, Sequence
+
+
+def num_blocks_for(num_tokens: int, block_size: int) -> int:
+    """Blocks a table needs to hold num_tokens tokens (its last block may be partly filled)."""
+    return -(-num_tokens // block_size)
 
 
 class BlockPool:

@@ -8,6 +8,7 @@ Shutdown (SIGTERM / SIGINT): runtime.server.drain: NOT_SERVING -> server.stop(gr
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import threading
@@ -21,10 +22,10 @@ from runtime.logs import configure_logging
 from runtime.server import Health, drain, make_server, stop_on_signals
 from scheduler.engine import Engine
 from scheduler.executor_link import ExecutorLink
-from scheduler.block_pool import BlockPool
 from scheduler.decoding import DecodeErrorInterceptor
+from scheduler.host_tiers import NullHostTiers
 from scheduler.kv_link import KVStoreLink
-from scheduler.offload import OffloadConfig, Offloader
+from scheduler.offload import KVStoreTiers, OffloadConfig
 from scheduler.scheduler import Scheduler, SchedulerConfig
 from scheduler.service import GenerationService
 
@@ -83,23 +84,25 @@ def build_engine(link: ExecutorLink, args: argparse.Namespace, on_lost) -> tuple
         max_num_seqs=capped(args.max_num_seqs, describe.max_num_seqs, "max-num-seqs"),
         max_model_len=describe.max_model_len, eos_token_ids=frozenset(describe.eos_token_ids),
         enable_prefix_caching=not args.no_prefix_caching)
-    offloader = build_offloader(link, args, describe) if args.kvstore else None
-    engine = Engine(Scheduler(config, offloader), link.step, tokenizer, args.max_waiting, on_lost)
+    make_tiers = build_tiers(link, args, describe) if args.kvstore else NullHostTiers
+    engine = Engine(Scheduler(config, make_tiers), link.step, tokenizer, args.max_waiting, on_lost)
     return engine, tokenizer, describe
 
 
-def build_offloader(link: ExecutorLink, args: argparse.Namespace, describe) -> Offloader:
-    """The kvstore namespace names the page layout: pages of another model, dtype or shape never
-    mix (the block keys bind the same and the cache_salt)."""
+def build_tiers(link: ExecutorLink, args: argparse.Namespace,
+                describe) -> functools.partial[KVStoreTiers]:
+    """KVStoreTiers over the scheduler's block pool, its kvstore link started. The kvstore
+    namespace names the page layout: pages of another model, dtype or shape never mix (the block
+    keys bind the same and the cache_salt)."""
     shape = (describe.num_layers, 2, describe.block_size, describe.num_kv_heads, describe.head_dim)
     namespace = f"{describe.model_id}/{describe.kv_dtype}/{'x'.join(map(str, shape))}"
     kv_link = KVStoreLink(args.kvstore, namespace, describe.page_bytes, args.kvstore_token)
-    offloader = Offloader(kv_link, BlockPool(describe.num_blocks), describe.block_size,
-                          describe.page_bytes, link.map_arena,
-                          OffloadConfig(max_store_pages_per_step=args.max_store_pages_per_step,
-                                        is_always_load=args.load_policy == "always"))
     kv_link.start()
-    return offloader
+    return functools.partial(
+        KVStoreTiers, link=kv_link, block_size=describe.block_size, page_bytes=describe.page_bytes,
+        map_arena=link.map_arena,
+        config=OffloadConfig(max_store_pages_per_step=args.max_store_pages_per_step,
+                             is_always_load=args.load_policy == "always"))
 
 
 class Daemon:
@@ -133,18 +136,14 @@ class Daemon:
         self.health.mark_not_ready()
         if self.link.wait_until_ready(self.stop_event.is_set):
             self.link.reset()
-            offloader = self.engine.scheduler.offloader if self.engine else None
-            if offloader is not None and offloader.link.layout is not None:
-                if not self.link.map_arena(offloader.link.layout):   # a new executor maps nothing
-                    offloader.link.mark_down("the executor cannot map its arena")
+            self.engine.scheduler.tiers.remap_arena()   # a new executor maps nothing
             self.health.mark_ready()
 
     def stop(self) -> None:
         """After drain(): no RPC uses the engine any more."""
         if self.engine is not None:
             self.engine.shutdown()
-            if self.engine.scheduler.offloader is not None:
-                self.engine.scheduler.offloader.close()
+            self.engine.scheduler.tiers.close()
         self.link.close()
 
 

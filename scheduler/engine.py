@@ -173,11 +173,10 @@ class Engine:
     # ---- any thread ----------------------------------------------------------------------
     def stats(self) -> generation_pb2.Stats:
         scheduler, counters = self.scheduler, self.scheduler.counters
-        tiers = [] if scheduler.offloader is None else scheduler.offloader.tier_stats()
         return generation_pb2.Stats(
             num_running=scheduler.num_running, num_waiting=scheduler.num_waiting,
             num_loading=scheduler.num_loading, num_device_blocks=scheduler.pool.num_blocks,
-            tiers=tiers,
+            tiers=scheduler.tiers.tier_stats(),
             num_free_device_blocks=scheduler.pool.num_free_blocks,
             prefix_cache_query_tokens=counters.prefix_cache_query_tokens,
             prefix_cache_hit_tokens=counters.prefix_cache_hit_tokens,

@@ -1,4 +1,4 @@
-"""Offload policies: small objects that decide; the Offloader (offload.py) moves pages.
+"""Offload policies: small objects that decide; KVStoreTiers (offload.py) moves pages.
 
 - LoadPolicy: load a prefix from the kvstore or recompute it, from measured costs.
 - Prefetcher: warm the RAM tier with the pages of queued requests before their turn.

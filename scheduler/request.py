@@ -67,14 +67,6 @@ class Request:
     def num_prompt_tokens(self) -> int:
         return len(self.prompt_token_ids)
 
-    @property
-    def is_finished(self) -> bool:
-        return self.status is RequestStatus.FINISHED
-
     def sort_key(self) -> tuple[int, int]:
         """Scheduling order: higher priority first, then first come first served."""
         return (-self.priority, self.arrival_index)
-
-    def append_output(self, token_id: int) -> None:
-        self.output_token_ids.append(token_id)
-        self.token_ids.append(token_id)

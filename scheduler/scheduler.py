@@ -5,24 +5,25 @@ to catch up with its known tokens (prompt + output): a decode is a catch-up of 1
 prefill a catch-up of many, cut into chunks by the budget. When the pool runs short of blocks
 the lowest-priority, newest running request is preempted (its blocks freed, recomputed later;
 its full blocks usually stay in the prefix cache, so recompute is mostly a cache hit).
+Below the device pool, `self.tiers` (host_tiers.py) loads and stores pages: the null tiers
+when there is no kvstore.
 """
 from __future__ import annotations
 
 import heapq
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Callable
 
 from protos.v1 import executor_pb2
 from scheduler.block_hash import extend_keys
-from scheduler.block_pool import BlockPool
+from scheduler.admission import admit, first_chunk
+from scheduler.block_pool import BlockPool, num_blocks_for
+from scheduler.host_tiers import HostTiers, NullHostTiers
 from scheduler.outputs import RequestOutput, make_output
 from scheduler.request import FinishReason, Request, RequestStatus
-from scheduler.step_plan import build_plan
+from scheduler.step_plan import ScheduledRequest, Step, build_plan
 from scheduler.stopping import check_stop
-
-if TYPE_CHECKING:
-    from scheduler.offload import Offloader
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +50,14 @@ class SchedulerCounters:
     num_steps: int = 0
 
 
-class ScheduledRequest(NamedTuple):
-    request: Request
-    num_tokens: int
-
-
-class Step(NamedTuple):
-    plan: executor_pb2.StepPlan
-    scheduled: list[ScheduledRequest]
-
-
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, offloader: "Offloader | None" = None):
-        """offloader: page loads and stores through a kvstore (None: device prefix cache only);
-        it must share this scheduler's block pool."""
+    def __init__(self, config: SchedulerConfig,
+                 make_tiers: Callable[[BlockPool], HostTiers] = NullHostTiers):
+        """make_tiers: the host tiers over this scheduler's block pool (host_tiers.py); the
+        default has none: the device prefix cache alone."""
         self.config = config
-        self.offloader = offloader
-        self.pool = offloader.pool if offloader is not None else BlockPool(config.num_blocks)
+        self.pool = BlockPool(config.num_blocks)
+        self.tiers = make_tiers(self.pool)
         self.requests: dict[str, Request] = {}
         self.waiting: list[tuple[tuple[int, int], Request]] = []   # heap by sort_key
         self.running: list[Request] = []        # sorted by sort_key when is_running_sorted
@@ -90,7 +82,7 @@ class Scheduler:
         if request.status is RequestStatus.RUNNING:
             self.running.remove(request)
         elif request.status is RequestStatus.LOADING:
-            self.offloader.abort(request)
+            self.tiers.abort_load(request)
         self._finish(request, FinishReason.ABORT)
         return make_output(request, [], [])
 
@@ -100,11 +92,11 @@ class Scheduler:
 
     @property
     def has_moves_in_flight(self) -> bool:
-        return self.offloader is not None and self.offloader.has_in_flight
+        return self.tiers.has_moves_in_flight
 
     @property
     def num_loading(self) -> int:
-        return 0 if self.offloader is None else self.offloader.num_loading
+        return self.tiers.num_loading
 
     @property
     def num_running(self) -> int:
@@ -116,22 +108,15 @@ class Scheduler:
         if not self.is_running_sorted:
             self.running.sort(key=Request.sort_key)
             self.is_running_sorted = True
-        offloader = self.offloader
-        if offloader is not None:
-            offloader.begin_step()
+        self.tiers.begin_step()
         scheduled: list[ScheduledRequest] = []
         budget = self._schedule_running(scheduled, self.config.max_num_batched_tokens)
         if not self.is_preempted_this_step:
             self._admit_waiting(scheduled, budget)
         self.step_id += 1
-        plan = build_plan(self.step_id, scheduled, self.finished_ids_to_send)
+        plan = build_plan(self.step_id, scheduled, self.finished_ids_to_send, self.tiers.take_moves())
         self.finished_ids_to_send = []
-        if offloader is not None:
-            offloader.fill_plan(plan)
-            if self.waiting and offloader.link.is_up:
-                offloader.prefetch([r for _, r in heapq.nsmallest(
-                    offloader.config.num_prefetch_requests, self.waiting)
-                    if r.status is RequestStatus.WAITING])
+        self.tiers.prefetch(self.waiting)
         return Step(plan, scheduled)
 
     def _schedule_running(self, scheduled: list[ScheduledRequest], budget: int) -> int:
@@ -145,8 +130,8 @@ class Scheduler:
                 index += 1
                 continue
             num_end = request.num_computed_tokens + num_tokens
-            num_needed = -(-num_end // block_size) - len(request.block_ids)
-            if num_needed > 0:   # most decode steps need no new block
+            if num_end > len(request.block_ids) * block_size:   # most decode steps need no block
+                num_needed = num_blocks_for(num_end, block_size) - len(request.block_ids)
                 if not self._make_room(request, num_needed):
                     break
                 request.block_ids += self.pool.allocate(num_needed)
@@ -175,50 +160,26 @@ class Scheduler:
             if request.status is not RequestStatus.WAITING:   # aborted while waiting
                 heapq.heappop(self.waiting)
                 continue
-            hit_block_ids, num_full_blocks = self._match_prefix(request)
-            if self.offloader is not None:
-                admission = self.offloader.admit(request, hit_block_ids, num_full_blocks, budget)
-                if admission.is_blocked:
-                    break
-                if admission.is_loading or admission.loaded_block_ids:
-                    heapq.heappop(self.waiting)
-                    self.num_waiting -= 1
-                    if admission.loaded_block_ids:   # its pages land before this step's forward
-                        budget -= self._run_admitted(request, scheduled, budget)
-                    continue   # LOADING: starts running once its pages are in
-            num_computed = len(hit_block_ids) * config.block_size
-            num_tokens = min(request.num_tokens - num_computed, budget)
-            num_needed = -(-(num_computed + num_tokens) // config.block_size) - len(hit_block_ids)
-            num_hits_unused = sum(self.pool.ref_counts[b] == 0 for b in hit_block_ids)
-            if not self.pool.can_allocate(num_needed + num_hits_unused):
+            admission = admit(config, self.pool, self.tiers, request, budget)
+            if admission is None:
                 break   # strict order: nobody jumps the head of the queue
             heapq.heappop(self.waiting)
             self.num_waiting -= 1
-            self.pool.acquire(hit_block_ids)
-            request.block_ids = hit_block_ids
+            request.block_ids = admission.block_ids
+            if admission.is_loading:
+                request.status = RequestStatus.LOADING
+                continue   # starts running once its pages are in (apply)
             budget -= self._run_admitted(request, scheduled, budget)
 
     def _run_admitted(self, request: Request, scheduled: list[ScheduledRequest], budget: int) -> int:
         """Start a request whose table holds exactly its computed prefix (device hits, and
-        blocking-loaded blocks); the room for its first chunk was checked. Returns the tokens
-        scheduled."""
-        num_computed = len(request.block_ids) * self.config.block_size
-        num_tokens = min(request.num_tokens - num_computed, budget)
-        num_needed = -(-(num_computed + num_tokens) // self.config.block_size) - len(request.block_ids)
-        request.block_ids += self.pool.allocate(num_needed)
-        self._start_running(request, num_computed)
+        blocking-loaded blocks); admit checked the room. Returns the tokens scheduled."""
+        num_computed_blocks = len(request.block_ids)
+        num_tokens, num_table_blocks = first_chunk(self.config, request, num_computed_blocks, budget)
+        request.block_ids += self.pool.allocate(num_table_blocks - num_computed_blocks)
+        self._start_running(request, num_computed_blocks * self.config.block_size)
         scheduled.append(ScheduledRequest(request, num_tokens))
         return num_tokens
-
-    def _match_prefix(self, request: Request) -> tuple[list[int], int]:
-        """(device hit block ids, number of full blocks that could be reused)."""
-        if not self.config.enable_prefix_caching:
-            return [], 0
-        # Full blocks only, and never the last token: something must be left to sample from.
-        num_full_blocks = (request.num_tokens - 1) // self.config.block_size
-        extend_keys(request.block_keys, request.namespace, request.token_ids,
-                    self.config.block_size, num_full_blocks)
-        return self.pool.match_prefix(request.block_keys[:num_full_blocks]), num_full_blocks
 
     def _start_running(self, request: Request, num_computed: int) -> None:
         request.status = RequestStatus.RUNNING
@@ -251,9 +212,8 @@ class Scheduler:
                 log.error("executor sampled %s before its prompt was computed", sampled.request_id)
                 continue
             outputs.append(self._append_token(request, sampled))
-        if self.offloader is not None:
-            for request, num_computed in self.offloader.apply(result):
-                self._start_running(request, num_computed)
+        for request, num_computed in self.tiers.complete_moves(result):
+            self._start_running(request, num_computed)   # LOADING -> RUNNING
         return outputs
 
     def _append_token(self, request: Request, sampled: executor_pb2.SampledToken) -> RequestOutput:
@@ -280,9 +240,7 @@ class Scheduler:
         published = [index for index in range(first, num_full_blocks)
                      if self.pool.cache_block(request.block_ids[index], request.block_keys[index])]
         request.num_cached_blocks = num_full_blocks
-        if self.offloader is not None and published:
-            self.offloader.queue_stores([request.block_ids[i] for i in published],
-                                        [request.block_keys[i] for i in published])
+        self.tiers.queue_stores(request, published)
 
     # ---- state changes -------------------------------------------------------------------
     def _push_waiting(self, request: Request) -> None:
@@ -301,8 +259,7 @@ class Scheduler:
 
     def _preempt(self, request: Request) -> None:
         """Precondition: already removed from self.running."""
-        if self.offloader is not None:
-            self.offloader.on_preempt(request)
+        self.tiers.queue_preempted(request)
         self._release_blocks(request)
         request.num_preemptions += 1
         self.counters.num_preemptions += 1
@@ -315,12 +272,15 @@ class Scheduler:
         for request in self.running:
             self._preempt(request)
         self.running = []
-        if self.offloader is not None:
-            for request in self.offloader.reset():
-                request.num_preemptions += 1
-                self._push_waiting(request)
+        self.tiers.reset(self._requeue_loading)
         self.pool.reset_prefix_cache()
         self.finished_ids_to_send = []
+
+    def _requeue_loading(self, request: Request) -> None:
+        """A LOADING request whose copies were lost waits again (to load or recompute)."""
+        self._release_blocks(request)
+        request.num_preemptions += 1
+        self._push_waiting(request)
 
     def _finish(self, request: Request, reason: FinishReason) -> None:
         if request.status is RequestStatus.WAITING:

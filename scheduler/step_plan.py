@@ -1,16 +1,26 @@
-"""Build the StepPlan proto: new requests in full, running ones as diffs (new block ids)."""
+"""Build the StepPlan proto: new requests in full, running ones as diffs (new block ids), and the
+host tiers' page moves."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 from protos.v1 import executor_pb2
+from scheduler.host_tiers import PageMoves
+from scheduler.request import Request
 
-if TYPE_CHECKING:
-    from scheduler.scheduler import ScheduledRequest
+
+class ScheduledRequest(NamedTuple):
+    request: Request
+    num_tokens: int
 
 
-def build_plan(step_id: int, scheduled: list["ScheduledRequest"],
-               finished_request_ids: list[str]) -> executor_pb2.StepPlan:
+class Step(NamedTuple):
+    plan: executor_pb2.StepPlan
+    scheduled: list[ScheduledRequest]
+
+
+def build_plan(step_id: int, scheduled: list[ScheduledRequest], finished_request_ids: list[str],
+               moves: PageMoves) -> executor_pb2.StepPlan:
     """Marks each scheduled request as known to the executor and its blocks as sent."""
     new_requests, running = [], []
     num_scheduled_tokens = 0
@@ -35,4 +45,6 @@ def build_plan(step_id: int, scheduled: list["ScheduledRequest"],
         request.num_blocks_sent = len(request.block_ids)
     return executor_pb2.StepPlan(
         step_id=step_id, finished_request_ids=finished_request_ids, new_requests=new_requests,
-        running=running, num_scheduled_tokens=num_scheduled_tokens)
+        running=running, num_scheduled_tokens=num_scheduled_tokens, loads=moves.loads,
+        stores=moves.stores, blocking_loads=moves.blocking_loads,
+        wait_for_moves_s=moves.wait_for_moves_s)

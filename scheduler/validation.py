@@ -7,6 +7,7 @@ from typing import NamedTuple
 from tokenizers import Tokenizer
 
 from protos.v1 import common_pb2, generation_pb2
+from scheduler.block_pool import num_blocks_for
 from scheduler.errors import InvalidArgument
 from scheduler.request import StopCriteria
 
@@ -100,7 +101,7 @@ def stop_criteria(request: generation_pb2.GenerateRequest, num_prompt_tokens: in
             f"prompt ({num_prompt_tokens} tokens) + max_tokens ({max_tokens}) = "
             f"{num_prompt_tokens + max_tokens} exceeds the model's max length "
             f"{limits.max_model_len}: shorten the prompt or lower max_tokens")
-    num_blocks = -(-(num_prompt_tokens + max_tokens) // limits.block_size)
+    num_blocks = num_blocks_for(num_prompt_tokens + max_tokens, limits.block_size)
     if num_blocks > limits.num_blocks:
         raise InvalidArgument(
             f"prompt + max_tokens needs {num_blocks} KV blocks but the server has "

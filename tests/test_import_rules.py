@@ -83,7 +83,7 @@ def test_daemons_never_import_the_composition_package():
     ("import torch\n", {"torch"}),
     ("from executor.daemon import main\n", {"executor.daemon"}),
     ("def f():\n    import kvstore.store\n", {"kvstore.store"}),
-    ("import importlib\nm = importlib.import_module('executor.engine')\n", {"importlib", "executor.engine"}),
+    ("import importlib\nm = importlib.import_module('executor.settings')\n", {"importlib", "executor.settings"}),
     ("from importlib import import_module\nimport_module('kernels')\n", {"importlib", "kernels"}),
     ("__import__('torch')\n", {"torch"}),
     ("from . import block_pool\n", {"scheduler"}),

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bench.step_plans import make_plan, new_request
-from executor.engine import EngineSettings, build_runner
+from executor.settings import RunnerSettings, build_runner
 from executor.errors import ArenaError, PlanError
 from kvstore.arena import Arena, align_up
 from protos.v1 import executor_pb2
@@ -14,7 +14,7 @@ BLOCK = 4
 
 @pytest.fixture
 def runner(llama_dir):
-    runner = build_runner(EngineSettings(llama_dir, dtype="float32", num_device_blocks=16, block_size=BLOCK,
+    runner = build_runner(RunnerSettings(llama_dir, dtype="float32", num_device_blocks=16, block_size=BLOCK,
                                          max_num_seqs=4, max_num_batched_tokens=64))
     yield runner
     runner.mover.close()

@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from bench.step_plans import make_plan, new_request, running
-from executor.engine import EngineSettings, build_runner
+from executor.settings import RunnerSettings, build_runner
 from executor.errors import PlanError
 from protos.v1 import executor_pb2
 
 
 @pytest.fixture
 def runner(llama_dir):
-    return build_runner(EngineSettings(llama_dir, dtype="float32", num_device_blocks=16, block_size=4, max_num_seqs=3,
+    return build_runner(RunnerSettings(llama_dir, dtype="float32", num_device_blocks=16, block_size=4, max_num_seqs=3,
                                        max_num_batched_tokens=32))
 
 
@@ -55,7 +55,7 @@ def test_chunked_prefill_samples_only_at_the_end(runner):
     assert list(out.result.sampled) == [] and out.logits is None
     out = runner.step(make_plan(2, run=[running("a", 4, 2)]))
     assert [s.request_id for s in out.result.sampled] == ["a"]
-    whole = build_runner(EngineSettings(runner.loaded.path, dtype="float32", num_device_blocks=4, block_size=4))
+    whole = build_runner(RunnerSettings(runner.loaded.path, dtype="float32", num_device_blocks=4, block_size=4))
     assert whole.step(make_plan(1, [new_request("a", prompt, [0, 1])])).result.sampled[0].token_id == \
         out.result.sampled[0].token_id
 
@@ -99,7 +99,7 @@ def test_unmapped_arena_is_rejected(runner):
 
 @pytest.mark.parametrize("kv_cache_dtype", ["float16", "bfloat16"])
 def test_16_bit_kv_cache_halves_the_page_and_stays_close_to_fp32(llama_dir, kv_cache_dtype):
-    def decode_logits(settings: EngineSettings) -> tuple[torch.Tensor, object]:
+    def decode_logits(settings: RunnerSettings) -> tuple[torch.Tensor, object]:
         runner = build_runner(settings)
         prompt = [5, 9, 2, 7, 7, 1, 3, 8, 4, 6]
         out = runner.step(make_plan(1, [new_request("a", prompt, [0, 1, 2, 3])]))
@@ -108,8 +108,8 @@ def test_16_bit_kv_cache_halves_the_page_and_stays_close_to_fp32(llama_dir, kv_c
             logits.append(runner.step(make_plan(step, run=[running("a", len(prompt) + step - 2, 1)])).logits)
         return torch.cat(logits), runner.pool
 
-    fp32, fp32_pool = decode_logits(EngineSettings(llama_dir, dtype="float32", num_device_blocks=4, block_size=4))
-    half, half_pool = decode_logits(EngineSettings(llama_dir, dtype="float32", num_device_blocks=4, block_size=4,
+    fp32, fp32_pool = decode_logits(RunnerSettings(llama_dir, dtype="float32", num_device_blocks=4, block_size=4))
+    half, half_pool = decode_logits(RunnerSettings(llama_dir, dtype="float32", num_device_blocks=4, block_size=4,
                                                    kv_cache_dtype=kv_cache_dtype))
     assert half_pool.dtype == getattr(torch, kv_cache_dtype) and fp32_pool.dtype == torch.float32
     assert half_pool.page_bytes * 2 == fp32_pool.page_bytes
@@ -119,13 +119,13 @@ def test_16_bit_kv_cache_halves_the_page_and_stays_close_to_fp32(llama_dir, kv_c
 
 def test_unknown_kv_cache_dtype_is_rejected_with_the_choices(llama_dir):
     with pytest.raises(ValueError, match="--kv-cache-dtype 'int8': choose auto, float32, bfloat16, float16"):
-        build_runner(EngineSettings(llama_dir, dtype="float32", num_device_blocks=4, kv_cache_dtype="int8"))
+        build_runner(RunnerSettings(llama_dir, dtype="float32", num_device_blocks=4, kv_cache_dtype="int8"))
 
 
 def test_kv_cache_memory_sizes_the_pool_in_whole_pages(llama_dir):
     from executor.daemon import build_parser
 
     args = build_parser().parse_args(["--kv-cache-memory", "1MiB"])
-    runner = build_runner(EngineSettings(llama_dir, dtype="float32", block_size=4, kv_cache_bytes=args.kv_cache_bytes))
+    runner = build_runner(RunnerSettings(llama_dir, dtype="float32", block_size=4, kv_cache_bytes=args.kv_cache_bytes))
     assert runner.pool.num_blocks == (1 << 20) // runner.pool.page_bytes
     assert build_parser().parse_args(["--kv-cache-bytes", "2KiB"]).kv_cache_bytes == 2048   # the older name

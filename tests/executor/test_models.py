@@ -7,7 +7,7 @@ import torch
 from checkpoints import load_hf_model, make_checkpoint
 
 from bench.step_plans import SimpleDriver, make_plan, new_request, running
-from executor.engine import EngineSettings, build_runner
+from executor.settings import RunnerSettings, build_runner
 from executor.errors import CheckpointError
 from executor.models import load_model, loader
 
@@ -35,7 +35,7 @@ def test_mixed_step_logits_match_transformers(fixture, request):
     The earlier step's donor chunk samples nothing, so its last layer only writes K/V (that
     layer computes the logits rows alone): "c" reads them."""
     model_dir = request.getfixturevalue(fixture)
-    runner = build_runner(EngineSettings(model_dir, dtype="float32", num_device_blocks=64, block_size=BLOCK_SIZE))
+    runner = build_runner(RunnerSettings(model_dir, dtype="float32", num_device_blocks=64, block_size=BLOCK_SIZE))
     hf = load_hf_model(model_dir)
     decode_prompts = {f"d{i}": tokens(i, 3 + 4 * i) for i in range(5)}   # 3, 7, 11, 15, 19 tokens
     donor = tokens(10, 8)                                                 # two full blocks
@@ -61,7 +61,7 @@ def test_mixed_step_logits_match_transformers(fixture, request):
 @pytest.mark.parametrize("fixture", ARCH_FIXTURES)
 def test_greedy_48_tokens_match_generate(fixture, request):
     model_dir = request.getfixturevalue(fixture)
-    runner = build_runner(EngineSettings(model_dir, dtype="float32", num_device_blocks=128, block_size=BLOCK_SIZE))
+    runner = build_runner(RunnerSettings(model_dir, dtype="float32", num_device_blocks=128, block_size=BLOCK_SIZE))
     hf = load_hf_model(model_dir)
     prompts = {"x": tokens(3, 5), "y": tokens(2, 13)}  # tokens(1, 5) hits a one-token loop on qwen3
     driver = SimpleDriver(BLOCK_SIZE)
@@ -82,7 +82,7 @@ def test_llama3_rope_scaling_matches_transformers(tmp_path, tokenizer_dir):
     model_dir = make_checkpoint(tmp_path / "llama3", "llama", tokenizer_dir=tokenizer_dir, rope_scaling=rope)
     saved = json.loads((model_dir / "config.json").read_text())
     assert (saved.get("rope_parameters") or saved["rope_scaling"])["rope_type"] == "llama3"
-    runner = build_runner(EngineSettings(model_dir, dtype="float32", num_device_blocks=64, block_size=BLOCK_SIZE))
+    runner = build_runner(RunnerSettings(model_dir, dtype="float32", num_device_blocks=64, block_size=BLOCK_SIZE))
     prompt = tokens(3, 90)
     out = runner.step(make_plan(1, [new_request("r", prompt, list(range(23)))]))
     assert_close(out.logits[0], hf_next_logits(load_hf_model(model_dir), prompt))

@@ -10,7 +10,7 @@ import torch
 from checkpoints import load_hf_model
 
 from bench.step_plans import SimpleDriver, make_plan, new_request
-from executor.engine import EngineSettings, build_runner
+from executor.settings import RunnerSettings, build_runner
 
 BLOCK_SIZE = 4
 ARCH_FIXTURES = ["llama_dir", "mistral_dir", "qwen2_dir", "qwen3_dir"]
@@ -36,7 +36,7 @@ def hf_logits(hf, token_ids: list[int]) -> torch.Tensor:
 
 
 def bf16_runner(model_dir):
-    runner = build_runner(EngineSettings(model_dir, dtype="bfloat16", num_device_blocks=128, block_size=BLOCK_SIZE))
+    runner = build_runner(RunnerSettings(model_dir, dtype="bfloat16", num_device_blocks=128, block_size=BLOCK_SIZE))
     assert runner.loaded.dtype == torch.bfloat16 and runner.pool.tensor.dtype == torch.bfloat16
     return runner
 

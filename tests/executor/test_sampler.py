@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bench.step_plans import SimpleDriver
-from executor.engine import EngineSettings, build_runner
+from executor.settings import RunnerSettings, build_runner
 from executor.sampler import RowContext, sample
 from executor.sampling_params import Sampling
 
@@ -71,7 +71,7 @@ def test_logprobs_are_the_raw_distribution():
 
 def test_seeded_request_is_the_same_alone_and_in_a_batch_of_16(llama_dir):
     def run(num_others: int) -> list[int]:
-        runner = build_runner(EngineSettings(llama_dir, dtype="float32", num_device_blocks=256, block_size=4))
+        runner = build_runner(RunnerSettings(llama_dir, dtype="float32", num_device_blocks=256, block_size=4))
         driver = SimpleDriver(4)
         for i in range(num_others // 2):
             driver.add(f"other{i}", [7 + i, 8, 9 + i], temperature=0.9, top_p=0.9, seed=100 + i)
@@ -90,13 +90,13 @@ def test_seeded_request_is_the_same_alone_and_in_a_batch_of_16(llama_dir):
 def test_seed_depends_on_output_position_so_readmission_continues_the_stream(llama_dir):
     from bench.step_plans import make_plan, new_request
 
-    runner = build_runner(EngineSettings(llama_dir, dtype="float32", num_device_blocks=64, block_size=4))
+    runner = build_runner(RunnerSettings(llama_dir, dtype="float32", num_device_blocks=64, block_size=4))
     driver = SimpleDriver(4)
     driver.add("s", [1, 2, 3], temperature=1.0, seed=7)
     for _ in range(6):
         driver.apply(runner.step(driver.plan()).result)
     full = driver.outputs["s"]
     # Re-admit after 3 outputs (as after a preemption): the next tokens equal the uninterrupted run.
-    fresh = build_runner(EngineSettings(llama_dir, dtype="float32", num_device_blocks=64, block_size=4))
+    fresh = build_runner(RunnerSettings(llama_dir, dtype="float32", num_device_blocks=64, block_size=4))
     plan = make_plan(1, [new_request("s", [1, 2, 3], [0, 1], output=full[:3], temperature=1.0, seed=7)])
     assert fresh.step(plan).result.sampled[0].token_id == full[3]

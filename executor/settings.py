@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
-class EngineSettings:
+class RunnerSettings:
     model_dir: Path
     dtype: str = "auto"
     kv_cache_dtype: str = "auto"          # auto: the model's compute dtype
@@ -58,7 +58,7 @@ def _describe_cpu_kernels(model) -> str:
     return "native C++ (decode attention, fused norm/SiLU/RoPE, small-batch linear)" + packed
 
 
-def build_runner(settings: EngineSettings) -> Runner:
+def build_runner(settings: RunnerSettings) -> Runner:
     device = resolve_device(settings.device)
     loaded = load_model(settings.model_dir, settings.dtype, device)
     kv_dtype = resolve_kv_dtype(settings.kv_cache_dtype, loaded.dtype)
@@ -86,7 +86,7 @@ def resolve_kv_dtype(name: str, model_dtype: torch.dtype) -> torch.dtype:
     return DTYPES[name]
 
 
-def _num_blocks(settings: EngineSettings, loaded: LoadedModel, kv_dtype: torch.dtype) -> int:
+def _num_blocks(settings: RunnerSettings, loaded: LoadedModel, kv_dtype: torch.dtype) -> int:
     if settings.num_device_blocks is not None:
         return settings.num_device_blocks
     budget = settings.kv_cache_bytes
