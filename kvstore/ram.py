@@ -1,14 +1,12 @@
 """The RAM tier: one arena per page size, all under one byte budget."""
 import logging
 import os
-import re
-import secrets
 
 from kvstore.arena import Arena, align_up
 from kvstore.errors import InvalidArgument
+from runtime.arenas import ARENA_NAME, arena_file_name, new_arena_tag
 
 log = logging.getLogger("strata.kvstore")
-ARENA_NAME = re.compile(r"strata-kv-(\d+)-[0-9a-f]+-\d+")
 
 
 def remove_stale_arenas(shm_dir: str) -> int:
@@ -66,7 +64,7 @@ class RamTier:
         self.free_slots: dict[int, list[int]] = {}
         self.num_used_bytes = 0
         self.num_prefaulted_bytes = 0
-        self.tag = f"strata-kv-{os.getpid()}-{secrets.token_hex(4)}"
+        self.tag = new_arena_tag(os.getpid())
         remove_stale_arenas(shm_dir)
 
     def arena_id(self, page_bytes: int) -> str:
@@ -84,7 +82,7 @@ class RamTier:
         if num_slots == 0:
             raise InvalidArgument(f"page_bytes {page_bytes} exceeds the RAM tier "
                                   f"({self.capacity_bytes} bytes): raise --ram")
-        path = os.path.join(self.shm_dir, f"{self.tag}-{page_bytes}")
+        path = os.path.join(self.shm_dir, arena_file_name(self.tag, page_bytes))
         arena = Arena.create(path, slot_bytes, num_slots)
         num_prefault = min(slot_bytes * num_slots, self.capacity_bytes - self.num_prefaulted_bytes)
         arena.prefault(max(num_prefault, 0))

@@ -29,6 +29,7 @@ from kvstore.ram import RamTier
 from kvstore.remote import RemotePages
 from kvstore.stats import StoreStats, Tier
 from kvstore.tiers import Tiers
+from runtime.arenas import DEFAULT_ARENA_DIR
 from runtime.kvstore_client import KVStoreClient, LoadPlan, StorePlan
 
 log = logging.getLogger("strata.kvstore")
@@ -37,7 +38,7 @@ log = logging.getLogger("strata.kvstore")
 @dataclass(slots=True)
 class StoreConfig:
     ram_bytes: int
-    shm_dir: str = "/dev/shm"
+    shm_dir: str = DEFAULT_ARENA_DIR
     disk_dir: str | None = None
     disk_bytes: int = 0
     fsync: FsyncMode = FsyncMode.BATCH

@@ -11,6 +11,7 @@ import grpc
 from protos.v1 import kvstore_pb2 as pb
 from protos.v1 import kvstore_pb2_grpc
 from runtime.listen import MESSAGE_OPTIONS
+from runtime.token import bearer_metadata
 
 
 class ArenaLayout(NamedTuple):
@@ -57,7 +58,7 @@ class KVStoreClient:
                  timeout_s: float = 30.0, options: Sequence[tuple] = ()) -> None:
         self.channel = open_channel(address, ca_pem, options)
         self.stub = kvstore_pb2_grpc.KVStoreStub(self.channel)
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.metadata = bearer_metadata(token)
         self.timeout_s = timeout_s
 
     def _call(self, method, request, timeout_s: float | None = None):
