@@ -9,6 +9,7 @@ import logging
 import os
 from pathlib import Path
 
+from runtime.arenas import DEFAULT_ARENA_DIR
 from runtime.listen import MESSAGE_OPTIONS, add_listeners, is_unix
 from runtime.logs import configure_logging
 from runtime.server import Health, drain, make_server, stop_on_signals
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="token budget per step (default: 512 on a CPU, 4096 on CUDA)")
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--num-threads", type=int, help="torch threads (default: every usable core)")
+    parser.add_argument("--arena-dir", default=DEFAULT_ARENA_DIR,
+                        help="the kvstore's --shm-dir: MapArena maps only the kvstore's arena files "
+                             f"directly inside it (default {DEFAULT_ARENA_DIR})")
     return parser
 
 
@@ -111,7 +115,8 @@ def load_runner(args, data_dir: Path, num_threads: int):
         model_dir=model_dir, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype, device=args.device,
         block_size=args.block_size,
         num_device_blocks=args.num_device_blocks, kv_cache_bytes=args.kv_cache_bytes,
-        max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs)
+        max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
+        arena_dir=args.arena_dir)
     return build_runner(settings)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import mmap
-import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -22,8 +21,10 @@ from typing import NamedTuple
 
 import torch
 
-from executor.errors import ArenaError, PlanError
+from executor.arena_file import map_arena_file
+from executor.errors import PlanError
 from executor.kv_pool import KVPool
+from runtime.arenas import DEFAULT_ARENA_DIR
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,10 @@ class Collected(NamedTuple):
 
 
 class PageMover:
-    def __init__(self, pool: KVPool):
+    def __init__(self, pool: KVPool, arena_dir: str = DEFAULT_ARENA_DIR):
+        """arena_dir: where the kvstore's arenas are (its --shm-dir); nothing else is mapped."""
         self.pool = pool
+        self.arena_dir = arena_dir
         self.pages = pool.tensor.view(pool.num_blocks, -1).view(torch.uint8)  # [blocks, page_bytes]
         self.arenas: dict[str, MappedArena] = {}
         self.is_cuda = pool.device.type == "cuda"
@@ -77,14 +80,14 @@ class PageMover:
 
     def map_arena(self, arena_id: str, path: str, slot_bytes: int, num_slots: int) -> bool:
         """Map (or re-map) an arena; returns whether it is pinned. Moves in flight keep the old
-        mapping alive through their reference."""
+        mapping alive through their reference. Only the kvstore's arenas are mapped (arena_file.py)."""
         if not arena_id:
             raise PlanError("arena_id is empty: pass the kvstore's RegisterResponse.arena_id")
         if slot_bytes < self.pool.page_bytes or num_slots == 0:
             raise PlanError(f"arena {arena_id!r}: slot_bytes {slot_bytes} x {num_slots} slots cannot "
                              f"hold pages of {self.pool.page_bytes} bytes: register the executor's "
                              "page_bytes with the kvstore")
-        mapping = _map_file(path, slot_bytes * num_slots)
+        mapping = map_arena_file(path, self.arena_dir, slot_bytes * num_slots)
         tensor = torch.frombuffer(mapping, dtype=torch.uint8)
         is_pinned = self.is_cuda and _pin(tensor)
         old = self.arenas.get(arena_id)
@@ -207,22 +210,6 @@ class PageMover:
     def close(self) -> None:
         if not self.is_cuda:
             self.queue.put(None)
-
-
-def _map_file(path: str, num_bytes: int) -> mmap.mmap:
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError as error:
-        raise ArenaError(f"cannot open arena {path}: {error.strerror}; the executor and the kvstore "
-                         "must share /dev/shm (same host, or ipc: service:kvstore in compose)") from error
-    try:
-        size = os.fstat(fd).st_size
-        if size < num_bytes:
-            raise PlanError(f"arena {path} holds {size} bytes, fewer than slot_bytes x num_slots = "
-                             f"{num_bytes}: pass the kvstore's RegisterResponse values")
-        return mmap.mmap(fd, num_bytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-    finally:
-        os.close(fd)
 
 
 def _pin(tensor: torch.Tensor) -> bool:

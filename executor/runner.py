@@ -16,6 +16,7 @@ from executor.page_mover import PageMover
 from executor.request_state import Limits, RequestState, PlannedRequest, check_plan
 from executor.sampler import RowContext, sample
 from protos.v1 import common_pb2, executor_pb2
+from runtime.arenas import DEFAULT_ARENA_DIR
 
 
 class StepOutput(NamedTuple):
@@ -27,14 +28,15 @@ class StepOutput(NamedTuple):
 class Runner:
     """Holds per-request state between steps. Not thread-safe: the daemon serialises Step."""
 
-    def __init__(self, loaded: LoadedModel, pool: KVPool, max_num_batched_tokens: int, max_num_seqs: int):
+    def __init__(self, loaded: LoadedModel, pool: KVPool, max_num_batched_tokens: int, max_num_seqs: int,
+                 arena_dir: str = DEFAULT_ARENA_DIR):
         self.loaded, self.pool = loaded, pool
         config = loaded.config
         self.limits = Limits(num_blocks=pool.num_blocks, block_size=pool.block_size,
                              vocab_size=config.vocab_size, max_model_len=config.max_model_len,
                              max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs)
         self.requests: dict[str, RequestState] = {}
-        self.mover = PageMover(pool)
+        self.mover = PageMover(pool, arena_dir)
 
     def warm_up(self) -> float:
         """One prefill and one decode forward on block 0 before the first request (oneDNN builds

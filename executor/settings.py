@@ -10,6 +10,7 @@ import torch
 from executor.kv_pool import KVPool, default_kv_bytes, page_bytes_for
 from executor.models.loader import DTYPES, LoadedModel, load_model
 from executor.runner import Runner
+from runtime.arenas import DEFAULT_ARENA_DIR
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ class RunnerSettings:
     kv_cache_bytes: int | None = None     # None: sized from free memory (kv_pool.default_kv_bytes)
     max_num_batched_tokens: int | None = None   # None: DEFAULT_MAX_NUM_BATCHED_TOKENS of the device
     max_num_seqs: int = 256
+    arena_dir: str = DEFAULT_ARENA_DIR    # MapArena maps only the kvstore's arenas in this directory
 
 
 # The token budget per step when none is given. Every running decode waits for the step, so
@@ -70,7 +72,7 @@ def build_runner(settings: RunnerSettings) -> Runner:
              loaded.load_seconds, pool.num_blocks, pool.block_size,
              pool.num_blocks * pool.page_bytes / (1 << 20), str(kv_dtype).removeprefix("torch."))
     budget = settings.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS.get(device.type, 4096)
-    runner = Runner(loaded, pool, budget, settings.max_num_seqs)
+    runner = Runner(loaded, pool, budget, settings.max_num_seqs, settings.arena_dir)
     log.info("warm-up forward (prefill + decode) in %.2f s", runner.warm_up())
     return runner
 

@@ -13,6 +13,7 @@ from kvstore.disk import FsyncMode
 from kvstore.service import SERVICE_NAME, KVStoreService
 from kvstore.store import Store, StoreConfig
 from protos.v1 import kvstore_pb2_grpc
+from runtime.arenas import DEFAULT_ARENA_DIR
 from runtime.kvstore_client import KVStoreClient
 from runtime.listen import (MESSAGE_OPTIONS, add_listeners, refuse_remote_plain_tcp,
                             server_credentials)
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="strata kvstore", description=__doc__.splitlines()[0])
     parser.add_argument("--ram", type=parse_size, default=parse_size("1GiB"),
                         help="RAM tier capacity (shared-memory arena), e.g. 4GiB")
-    parser.add_argument("--shm-dir", default="/dev/shm", help="where arena files are created")
+    parser.add_argument("--shm-dir", default=DEFAULT_ARENA_DIR,
+                        help="where arena files are created (the executor's --arena-dir)")
     parser.add_argument("--disk", default=None, help="NVMe tier directory (off when absent)")
     parser.add_argument("--disk-size", type=parse_size, default=parse_size("50GiB"))
     parser.add_argument("--fsync", choices=[m.value for m in FsyncMode], default="batch")

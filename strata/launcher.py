@@ -25,6 +25,7 @@ from executor.daemon import DTYPE_CHOICES   # torch-free: the executor imports t
 from executor.default_model import default_data_dir
 from kvstore.ram import remove_arenas_of
 from protos.v1 import generation_pb2, generation_pb2_grpc
+from runtime.arenas import DEFAULT_ARENA_DIR
 from runtime.logs import configure_logging
 from runtime.sizes import parse_size
 from strata.client import stream_completion
@@ -33,7 +34,7 @@ from strata.supervisor import ChildSpec, Supervisor
 log = logging.getLogger("strata.up")
 
 DEMO_PROMPT = "def fibonacci(n):"
-SHM_DIR = "/dev/shm"   # the kvstore's RAM arenas
+SHM_DIR = DEFAULT_ARENA_DIR   # the kvstore's RAM arenas
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -90,7 +91,7 @@ def child_specs(args: argparse.Namespace, run_dir: Path) -> list[ChildSpec]:
     executor_socket = f"unix:{run_dir / 'executor.sock'}"
     executor = ["executor", "--listen", executor_socket, "--data-dir", str(args.data_dir),
                 "--block-size", str(args.block_size), "--dtype", args.dtype,
-                "--kv-cache-dtype", args.kv_cache_dtype]
+                "--kv-cache-dtype", args.kv_cache_dtype, "--arena-dir", SHM_DIR]
     scheduler = ["scheduler", "--executor", executor_socket, "--listen", f"{args.host}:{args.port}",
                  "--max-waiting", str(args.max_waiting)]
     # The scheduler takes its step limits from the executor's Describe: caps go there only.

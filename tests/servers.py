@@ -116,6 +116,7 @@ def start_daemons(model_dir: Path, *, num_device_blocks: int = 512, block_size: 
     processes.append(spawn(["executor", "--listen", f"unix:{socket_path}", "--model", str(model_dir),
                             "--data-dir", str(run_dir / "data"), "--num-threads", "1", *EXACT_DTYPE,
                             "--num-device-blocks", str(num_device_blocks), "--block-size", str(block_size),
+                            "--arena-dir", str(run_dir),
                             *executor_args], run_dir / "executor.log"))
     try:
         processes.append(spawn(["scheduler", "--executor", f"unix:{socket_path}", "--listen", address,

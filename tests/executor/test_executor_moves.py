@@ -1,5 +1,7 @@
 """Executor page moves through a real shared-memory arena: bytes round-trip, a prefix computed
 once and loaded into other blocks gives the same next token, and bad moves are rejected."""
+import os
+
 import pytest
 import torch
 
@@ -8,21 +10,27 @@ from executor.settings import RunnerSettings, build_runner
 from executor.errors import ArenaError, PlanError
 from kvstore.arena import Arena, align_up
 from protos.v1 import executor_pb2
+from runtime.arenas import arena_file_name, new_arena_tag
 
 BLOCK = 4
 
 
+def arena_path(directory, page_bytes: int) -> str:
+    """Where and how the kvstore names an arena: MapArena maps nothing else."""
+    return str(directory / arena_file_name(new_arena_tag(os.getpid()), page_bytes))
+
+
 @pytest.fixture
-def runner(llama_dir):
+def runner(llama_dir, tmp_path):
     runner = build_runner(RunnerSettings(llama_dir, dtype="float32", num_device_blocks=16, block_size=BLOCK,
-                                         max_num_seqs=4, max_num_batched_tokens=64))
+                                         max_num_seqs=4, max_num_batched_tokens=64, arena_dir=str(tmp_path)))
     yield runner
     runner.mover.close()
 
 
 @pytest.fixture
 def arena(runner, tmp_path):
-    arena = Arena.create(str(tmp_path / "arena"), align_up(runner.pool.page_bytes), 8)
+    arena = Arena.create(arena_path(tmp_path, runner.pool.page_bytes), align_up(runner.pool.page_bytes), 8)
     runner.mover.map_arena("ram0", arena.path, arena.slot_bytes, arena.num_slots)
     yield arena
     arena.close()
@@ -90,8 +98,8 @@ def test_reset_drains_moves_and_forgets_their_reports(runner, arena):
 
 def test_bad_arena_mappings(runner, tmp_path):
     with pytest.raises(ArenaError, match="cannot open arena"):
-        runner.mover.map_arena("ram0", str(tmp_path / "missing"), 1 << 20, 4)
-    small = Arena.create(str(tmp_path / "small"), 4096, 2)
+        runner.mover.map_arena("ram0", arena_path(tmp_path, 1 << 20), 1 << 20, 4)
+    small = Arena.create(arena_path(tmp_path, 4096), 4096, 2)
     with pytest.raises(PlanError, match="cannot hold pages"):
         runner.mover.map_arena("ram0", small.path, runner.pool.page_bytes - 1, 2)
     with pytest.raises(PlanError, match="fewer than slot_bytes x num_slots"):

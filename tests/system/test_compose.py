@@ -160,7 +160,8 @@ def local_commands(services: dict, run_dir: Path, model_dir: Path,
     overrides = {"kvstore": {"--ram": "64MiB"}, "executor": {"--model": str(model_dir)},
                  "scheduler": {}}
     extra = {"kvstore": ["--shm-dir", str(run_dir / "shm")],
-             "executor": ["--num-device-blocks", "64", "--num-threads", "1", *EXACT_DTYPE], "scheduler": []}
+             "executor": ["--num-device-blocks", "64", "--num-threads", "1", *EXACT_DTYPE,
+                          "--arena-dir", str(run_dir / "shm")], "scheduler": []}
     (run_dir / "shm").mkdir()
     return {name: localize(name, command(services, name), addresses, run_dir / name, overrides[name])
             + extra[name] for name in SERVICES}
