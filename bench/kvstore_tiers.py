@@ -23,6 +23,7 @@ from kvstore.arena import Arena, align_up
 from kvstore.disk import FsyncMode, PageFiles
 from runtime.kvstore_client import KVStoreClient
 from runtime.sizes import parse_size
+from runtime.token import new_token, write_token_file
 
 PAGE_SIZES = [64 << 10, 256 << 10, 1 << 20, 4 << 20]
 
@@ -112,11 +113,13 @@ def bench_disk(total: int, disk_dir: str, shm_dir: str) -> None:
 
 def bench_remote(total: int, shm_dir: str) -> None:
     print("Remote tier: PutPages / GetPages over TCP loopback (1 MiB pages)")
+    token, token_file = new_token(), os.path.join(shm_dir, "internal.token")
+    write_token_file(token_file, token)
     daemon = start_daemon(["--ram", str(total + (64 << 20)), "--shm-dir", shm_dir,
-                           "--listen", "127.0.0.1:0"])
+                           "--listen", "127.0.0.1:0", "--token-file", token_file])
     try:
         address = daemon.output[-1].split("listening on ")[1].split()[0]
-        client = KVStoreClient(address, timeout_s=120)
+        client = KVStoreClient(address, token=token, timeout_s=120)
         page = 1 << 20
         num_pages = total // page
         data = os.urandom(page)

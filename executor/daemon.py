@@ -14,6 +14,7 @@ from runtime.listen import MESSAGE_OPTIONS, add_listeners, is_unix
 from runtime.logs import configure_logging
 from runtime.server import Health, drain, make_server, stop_on_signals
 from runtime.sizes import parse_size
+from runtime.token import add_token_flags, required_token, token_interceptors
 
 log = logging.getLogger("strata.executor")
 
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arena-dir", default=DEFAULT_ARENA_DIR,
                         help="the kvstore's --shm-dir: MapArena maps only the kvstore's arena files "
                              f"directly inside it (default {DEFAULT_ARENA_DIR})")
+    add_token_flags(parser, "serve without a token: every process that reaches the listener may "
+                            "drive the executor")
     return parser
 
 
@@ -79,13 +82,14 @@ def num_usable_cores() -> int:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    token = required_token(args, "executor")
     configure_logging()
     num_threads = set_thread_policy(args.num_threads)
     from executor.default_model import default_data_dir
 
     data_dir = args.data_dir or default_data_dir()
     listen = args.listen or f"unix:{data_dir / 'run' / 'executor.sock'}"
-    server, health, service = start_server(listen)
+    server, health, service = start_server(listen, token)
     stop = stop_on_signals()
     try:
         service.runner = load_runner(args, data_dir, num_threads)
@@ -120,12 +124,13 @@ def load_runner(args, data_dir: Path, num_threads: int):
     return build_runner(settings)
 
 
-def start_server(listen: str):
-    """Serve health (readiness NOT_SERVING) and every RPC (UNAVAILABLE) while the model loads."""
+def start_server(listen: str, token: str | None):
+    """Serve health (readiness NOT_SERVING) and every RPC (UNAVAILABLE) while the model loads;
+    every RPC but health and reflection requires `token` (none: --insecure)."""
     from executor.service import ExecutorService
     from protos.v1 import executor_pb2_grpc
 
-    server = make_server(NUM_WORKERS, options=MESSAGE_OPTIONS)
+    server = make_server(NUM_WORKERS, token_interceptors(token, "executor", "--token-file"), MESSAGE_OPTIONS)
     service = ExecutorService()
     executor_pb2_grpc.add_ExecutorServicer_to_server(service, server)
     health = Health(server, SERVICE_NAME)
@@ -136,4 +141,6 @@ def start_server(listen: str):
     server.start()
     log.info("listening on %s%s (loading the model)", listen,
              f" (port {bound.rpartition(':')[2]})" if listen.endswith(":0") else "")
+    if token is None:
+        log.warning("no token (--insecure): every process that reaches %s may call the executor", listen)
     return server, health, service

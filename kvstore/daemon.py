@@ -20,11 +20,12 @@ from runtime.listen import (MESSAGE_OPTIONS, add_listeners, refuse_remote_plain_
 from runtime.logs import configure_logging
 from runtime.server import Health, drain, make_server, stop_on_signals
 from runtime.sizes import parse_size
-from runtime.token import TokenInterceptor
+from runtime.token import add_token_flags, required_token, token_interceptors
 
 log = logging.getLogger("strata.kvstore")
 DEFAULT_LISTEN = "127.0.0.1:50053"
 GRACE_SECONDS = 5.0
+TOKEN_ENV = "STRATA_KVSTORE_TOKEN"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,19 +48,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"HOST:PORT or unix:PATH, repeatable (default {DEFAULT_LISTEN})")
     parser.add_argument("--tls-cert", default=None)
     parser.add_argument("--tls-key", default=None)
-    parser.add_argument("--token", default=os.environ.get("STRATA_KVSTORE_TOKEN"),
-                        help="bearer token clients must send (env STRATA_KVSTORE_TOKEN)")
-    parser.add_argument("--insecure", action="store_true",
-                        help="allow a non-loopback TCP listener without TLS")
+    parser.add_argument("--token", default=None,
+                        help="bearer token clients must send (env STRATA_KVSTORE_TOKEN); or --token-file")
+    add_token_flags(parser, "serve without a token, and plain TCP off loopback: every process that "
+                            "reaches a listener may store and read pages (a trusted network only)")
+    parser.add_argument("--plain-tcp", action="store_true",
+                        help="allow a non-loopback TCP listener without TLS (a private network such "
+                             "as compose's); the token still guards every call")
     return parser
+
+
+def kvstore_token(args: argparse.Namespace) -> str | None:
+    """--token-file's or --token's (else STRATA_KVSTORE_TOKEN's) token; None only with --insecure."""
+    if args.token and args.token_file:
+        raise SystemExit("strata kvstore: give --token or --token-file, not both")
+    return required_token(args, "kvstore", args.token or os.environ.get(TOKEN_ENV))
 
 
 def bind_listeners(server: grpc.Server, args: argparse.Namespace) -> list[str]:
     """Every --listen address; TCP ones use TLS when --tls-cert/--tls-key are given."""
     addresses = args.listen or [DEFAULT_LISTEN]
     if not (args.tls_cert and args.tls_key):
-        if not args.insecure:
-            refuse_remote_plain_tcp(addresses, "--tls-cert/--tls-key (or --insecure on a trusted network)")
+        if not (args.insecure or args.plain_tcp):
+            refuse_remote_plain_tcp(addresses, "--tls-cert/--tls-key (or --plain-tcp on a private network)")
         return add_listeners(server, addresses)
     return add_listeners(server, addresses, server_credentials(args.tls_cert, args.tls_key))
 
@@ -72,14 +83,14 @@ def open_backing(args: argparse.Namespace) -> KVStoreClient | None:
 
 
 def build_server(store: Store, args: argparse.Namespace) -> tuple[grpc.Server, Health]:
-    interceptors = [TokenInterceptor(args.token, "kvstore")] if args.token else []
-    server = make_server(16, interceptors, MESSAGE_OPTIONS)
+    server = make_server(16, token_interceptors(args.token, "kvstore", "--token"), MESSAGE_OPTIONS)
     kvstore_pb2_grpc.add_KVStoreServicer_to_server(KVStoreService(store), server)
     return server, Health(server, SERVICE_NAME)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.token = kvstore_token(args)
     configure_logging()
     config = StoreConfig(ram_bytes=args.ram, shm_dir=args.shm_dir, disk_dir=args.disk,
                          disk_bytes=args.disk_size, fsync=FsyncMode(args.fsync),

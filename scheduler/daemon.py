@@ -20,6 +20,7 @@ from protos.v1 import generation_pb2, generation_pb2_grpc
 from runtime.listen import add_listeners
 from runtime.logs import configure_logging
 from runtime.server import Health, drain, make_server, stop_on_signals
+from runtime.token import read_token_file
 from scheduler.engine import Engine
 from scheduler.executor_link import ExecutorLink
 from scheduler.decoding import DecodeErrorInterceptor
@@ -50,8 +51,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-prefix-caching", action="store_true",
                         help="no KV reuse at all: every prompt token is computed (a baseline; "
                              "cannot be combined with --kvstore)")
-    parser.add_argument("--kvstore-token", default=os.environ.get("STRATA_KVSTORE_TOKEN"),
-                        help="bearer token of the kvstore (env STRATA_KVSTORE_TOKEN)")
+    parser.add_argument("--internal-token-file", default=None,
+                        help="file holding the internal token the scheduler presents to the executor "
+                             "and the kvstore (their --token-file); the public API is not covered")
+    parser.add_argument("--kvstore-token", default=None,
+                        help="bearer token of the kvstore when it is not the internal one "
+                             "(env STRATA_KVSTORE_TOKEN)")
     parser.add_argument("--max-store-pages-per-step", type=int, default=256,
                         help="store bandwidth budget: pages written through to the kvstore per step")
     parser.add_argument("--load-policy", choices=["cost", "always"], default="cost",
@@ -63,6 +68,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.no_prefix_caching and args.kvstore:
         parser.error("--no-prefix-caching turns off every KV reuse; drop it or drop --kvstore")
     return args
+
+
+def read_tokens(args: argparse.Namespace) -> None:
+    """args.internal_token: the internal token file's (the executor's token); args.kvstore_token:
+    --kvstore-token, else the internal token, else STRATA_KVSTORE_TOKEN."""
+    args.internal_token = read_token_file(args.internal_token_file) if args.internal_token_file else None
+    args.kvstore_token = args.kvstore_token or args.internal_token or os.environ.get("STRATA_KVSTORE_TOKEN")
 
 
 def capped(value: int | None, ceiling: int, name: str) -> int:
@@ -110,7 +122,7 @@ class Daemon:
         self.args = args
         self.stop_event = stop_event
         self.service = GenerationService()
-        self.link = ExecutorLink(args.executor)
+        self.link = ExecutorLink(args.executor, args.internal_token)
         self.engine: Engine | None = None
         workers = args.max_waiting + 256   # each open Generate stream holds a worker thread
         self.server = make_server(workers, [DecodeErrorInterceptor(SERVICE)])
@@ -149,7 +161,9 @@ class Daemon:
 
 def main(argv: list[str]) -> int:
     configure_logging()
-    daemon = Daemon(parse_args(argv), stop_on_signals())
+    args = parse_args(argv)
+    read_tokens(args)
+    daemon = Daemon(args, stop_on_signals())
     daemon.start()
     daemon.stop_event.wait()
     log.info("shutting down")

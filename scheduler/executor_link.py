@@ -1,4 +1,5 @@
-"""The scheduler's connection to the executor: connect with retry, Describe, Reset, Step."""
+"""The scheduler's connection to the executor: connect with retry, Describe, Reset, Step; every
+call presents the internal token (the executor refuses calls without it)."""
 from __future__ import annotations
 
 import logging
@@ -9,15 +10,16 @@ import grpc
 from protos.v1 import executor_pb2, executor_pb2_grpc
 from runtime.kvstore_client import ArenaLayout
 from runtime.listen import MESSAGE_OPTIONS
+from runtime.token import with_token
 
 log = logging.getLogger(__name__)
 
 
 class ExecutorLink:
-    def __init__(self, target: str):
+    def __init__(self, target: str, token: str | None = None):
         self.target = target
         self.channel = grpc.insecure_channel(target, options=MESSAGE_OPTIONS)
-        self.stub = executor_pb2_grpc.ExecutorStub(self.channel)
+        self.stub = executor_pb2_grpc.ExecutorStub(with_token(self.channel, token))
 
     def wait_until_ready(self, is_stopping=lambda: False, max_backoff_s: float = 5.0) -> bool:
         """Block until the executor answers (logging each retry); False if asked to stop."""
@@ -27,10 +29,14 @@ class ExecutorLink:
                 grpc.channel_ready_future(self.channel).result(timeout=backoff)
                 self.stub.Describe(executor_pb2.DescribeRequest(), timeout=30)
                 return True
-            except (grpc.FutureTimeoutError, grpc.RpcError):
+            except grpc.FutureTimeoutError:
                 log.warning("executor at %s is not reachable yet; retrying in %.1fs",
                             self.target, backoff)
-                backoff = min(backoff * 2, max_backoff_s)
+            except grpc.RpcError as error:   # it answers, but not yet (loading) or not us (token)
+                log.warning("executor at %s answered %s: %s; retrying in %.1fs", self.target,
+                            error.code().name, error.details(), backoff)
+                time.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff_s)
         return False
 
     def describe(self) -> executor_pb2.DescribeResponse:

@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "scheduler": ("scheduler.daemon", "run the scheduler daemon alone"),
     "executor": ("executor.daemon", "run the executor daemon alone"),
     "kvstore": ("kvstore.daemon", "run the kvstore daemon alone"),
+    "token": ("strata.token_file", "write the internal token file the daemons read"),
     "bench": ("bench.serve", "benchmark a server through the public API"),
 }
 

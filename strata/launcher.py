@@ -2,7 +2,8 @@
 
     strata up [--model DIR]   kvstore + executor + scheduler on unix sockets in a private 0700
                               temp dir, the public API on --host:--port; children restarted
-                              when they die
+                              when they die. A per-run internal token (a 0600 file in that dir)
+                              guards the executor's and the kvstore's sockets
     strata demo               the same on the built-in model, one streamed completion, then stop
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from protos.v1 import generation_pb2, generation_pb2_grpc
 from runtime.arenas import DEFAULT_ARENA_DIR
 from runtime.logs import configure_logging
 from runtime.sizes import parse_size
+from runtime.token import new_token, write_token_file
 from strata.client import stream_completion
 from strata.supervisor import ChildSpec, Supervisor
 
@@ -35,6 +37,7 @@ log = logging.getLogger("strata.up")
 
 DEMO_PROMPT = "def fibonacci(n):"
 SHM_DIR = DEFAULT_ARENA_DIR   # the kvstore's RAM arenas
+TOKEN_FILE = "internal.token"   # in the run dir: the executor's and kvstore's token, the scheduler presents it
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -88,12 +91,13 @@ def default_disk_tier_bytes(data_dir: Path) -> int:
 
 def child_specs(args: argparse.Namespace, run_dir: Path) -> list[ChildSpec]:
     """Readiness order: the kvstore, the executor (it maps the kvstore's arena), the scheduler."""
-    executor_socket = f"unix:{run_dir / 'executor.sock'}"
+    executor_socket, token_file = f"unix:{run_dir / 'executor.sock'}", str(run_dir / TOKEN_FILE)
     executor = ["executor", "--listen", executor_socket, "--data-dir", str(args.data_dir),
                 "--block-size", str(args.block_size), "--dtype", args.dtype,
-                "--kv-cache-dtype", args.kv_cache_dtype, "--arena-dir", SHM_DIR]
+                "--kv-cache-dtype", args.kv_cache_dtype, "--token-file", token_file,
+                "--arena-dir", SHM_DIR]
     scheduler = ["scheduler", "--executor", executor_socket, "--listen", f"{args.host}:{args.port}",
-                 "--max-waiting", str(args.max_waiting)]
+                 "--max-waiting", str(args.max_waiting), "--internal-token-file", token_file]
     # The scheduler takes its step limits from the executor's Describe: caps go there only.
     optional = {"--model": args.model, "--num-device-blocks": args.num_device_blocks,
                 "--kv-cache-memory": args.kv_cache_memory,
@@ -111,8 +115,8 @@ def child_specs(args: argparse.Namespace, run_dir: Path) -> list[ChildSpec]:
     if not args.no_kvstore and not args.no_prefix_caching:
         kvstore_socket = f"unix:{run_dir / 'kvstore.sock'}"
         scheduler.extend(["--kvstore", kvstore_socket])
-        children.insert(0, ChildSpec("kvstore", kvstore_argv(args, kvstore_socket), kvstore_socket,
-                                     "strata.v1.KVStore", 60.0, remove_dead_kvstore_arenas))
+        children.insert(0, ChildSpec("kvstore", kvstore_argv(args, kvstore_socket, token_file),
+                                     kvstore_socket, "strata.v1.KVStore", 60.0, remove_dead_kvstore_arenas))
     return children
 
 
@@ -122,9 +126,9 @@ def remove_dead_kvstore_arenas(pid: int) -> None:
         log.info("removed the arena files of the dead kvstore (pid %d) from %s", pid, SHM_DIR)
 
 
-def kvstore_argv(args: argparse.Namespace, listen: str) -> list[str]:
+def kvstore_argv(args: argparse.Namespace, listen: str, token_file: str) -> list[str]:
     ram = args.kvstore_ram or str(default_ram_tier_bytes())
-    argv = ["kvstore", "--listen", listen, "--ram", ram, "--shm-dir", SHM_DIR]
+    argv = ["kvstore", "--listen", listen, "--ram", ram, "--shm-dir", SHM_DIR, "--token-file", token_file]
     disk = args.kvstore_disk or str(default_disk_tier_bytes(args.data_dir))
     if disk.strip() != "0":
         disk_dir = args.data_dir / "kvstore"
@@ -140,6 +144,7 @@ def serve(args: argparse.Namespace, on_ready: Callable[[str, threading.Event, Su
     log_dir = args.data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="strata-"))   # mode 0700; short for socket paths
+    write_token_file(run_dir / TOKEN_FILE, new_token())   # this run's internal token, 0600
     supervisor = Supervisor(log_dir)
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}

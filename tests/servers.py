@@ -26,6 +26,7 @@ from typing import Iterator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from internal_token import TOKEN_FILE
 from protos.v1 import generation_pb2_grpc
 from strata.supervisor import stop_processes  # noqa: F401 - tests import it from here
 
@@ -109,18 +110,18 @@ def start_daemons(model_dir: Path, *, num_device_blocks: int = 512, block_size: 
     processes, kvstore_argv = [], None
     if kvstore_args is not None:
         kvstore_socket = f"unix:{run_dir / 'kv.sock'}"
-        kvstore_argv = ["kvstore", "--listen", kvstore_socket, "--shm-dir", str(run_dir),
+        kvstore_argv = ["kvstore", "--listen", kvstore_socket, "--shm-dir", str(run_dir), "--token-file", TOKEN_FILE,
                         *(arg.replace("{run_dir}", str(run_dir)) for arg in kvstore_args)]
         processes.append(spawn(kvstore_argv, run_dir / "kvstore.log"))
         scheduler_args = ("--kvstore", kvstore_socket, *scheduler_args)
     processes.append(spawn(["executor", "--listen", f"unix:{socket_path}", "--model", str(model_dir),
                             "--data-dir", str(run_dir / "data"), "--num-threads", "1", *EXACT_DTYPE,
                             "--num-device-blocks", str(num_device_blocks), "--block-size", str(block_size),
-                            "--arena-dir", str(run_dir),
+                            "--token-file", TOKEN_FILE, "--arena-dir", str(run_dir),
                             *executor_args], run_dir / "executor.log"))
     try:
         processes.append(spawn(["scheduler", "--executor", f"unix:{socket_path}", "--listen", address,
-                                *scheduler_args], run_dir / "scheduler.log"))
+                                "--internal-token-file", TOKEN_FILE, *scheduler_args], run_dir / "scheduler.log"))
         channel = wait_ready(address, processes, run_dir)
         yield Server(address, channel, generation_pb2_grpc.GenerationStub(channel), processes, run_dir,
                      kvstore_argv)

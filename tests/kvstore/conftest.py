@@ -6,6 +6,7 @@ import tempfile
 import pytest
 
 from bench.kvstore_process import start_daemon
+from internal_token import TOKEN, TOKEN_FILE
 from kvstore.disk import FsyncMode
 from kvstore.store import Store, StoreConfig
 from kvstore_harness import NUM_SLOTS, PAGE, Harness
@@ -24,7 +25,7 @@ def backing():
     """One backing kvstore process for the module (keys are unique per test)."""
     tmp = tempfile.mkdtemp(prefix="strata-backing-")
     daemon = start_daemon(["--ram", "8MiB", "--shm-dir", "/dev/shm",
-                           "--listen", f"unix:{tmp}/backing.sock"])
+                           "--listen", f"unix:{tmp}/backing.sock", "--token-file", TOKEN_FILE])
     yield f"unix:{tmp}/backing.sock"
     daemon.stop()
     shutil.rmtree(tmp, ignore_errors=True)
@@ -41,7 +42,7 @@ def make(request, shm_dir, tmp_path):
         if tier == "ram+nvme":
             config.disk_dir = str(tmp_path / "disk")
         if tier == "ram+remote":
-            backing_client = KVStoreClient(request.getfixturevalue("backing"))
+            backing_client = KVStoreClient(request.getfixturevalue("backing"), token=TOKEN)
         harness = Harness(Store(config, backing_client), f"unix:{tmp_path}/kv{len(harnesses)}.sock")
         harnesses.append(harness)
         return harness

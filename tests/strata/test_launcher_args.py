@@ -44,3 +44,19 @@ def test_kv_cache_memory_reaches_the_executor_in_bytes_and_excludes_a_block_coun
     with pytest.raises(SystemExit):
         parser.parse_args(["--kv-cache-memory", "lots"])
     assert "not a byte size: 'lots'" in capsys.readouterr().err
+
+
+def test_every_child_gets_the_runs_token_file_and_the_executor_maps_only_the_kvstores_dir(tmp_path):
+    from strata.launcher import TOKEN_FILE, build_parser, child_specs
+
+    args = build_parser("strata up").parse_args(["--data-dir", str(tmp_path)])
+    args.data_dir = tmp_path
+    argv = {spec.name: spec.argv for spec in child_specs(args, tmp_path)}
+
+    def value(name: str, flag: str) -> str:
+        return argv[name][argv[name].index(flag) + 1]
+    token_file = str(tmp_path / TOKEN_FILE)
+    assert value("kvstore", "--token-file") == value("executor", "--token-file") == token_file
+    assert value("scheduler", "--internal-token-file") == token_file
+    assert value("executor", "--arena-dir") == value("kvstore", "--shm-dir")
+    assert not any("--insecure" in child for child in argv.values())

@@ -5,6 +5,7 @@ import subprocess
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from internal_token import TOKEN_FILE
 from servers import STRATA, child_env, free_port, stop_processes
 
 pytestmark = pytest.mark.system
@@ -19,7 +20,7 @@ def is_serving(address: str) -> bool:
 
 def test_a_second_kvstore_on_the_same_port_exits_and_the_first_keeps_serving(tmp_path):
     address = f"127.0.0.1:{free_port()}"
-    argv = ["kvstore", "--listen", address, "--ram", "16MiB", "--shm-dir", str(tmp_path)]
+    argv = ["kvstore", "--listen", address, "--ram", "16MiB", "--shm-dir", str(tmp_path), "--token-file", TOKEN_FILE]
     first = subprocess.Popen(STRATA + argv, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         assert is_serving(address)

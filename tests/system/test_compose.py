@@ -1,11 +1,12 @@
 """compose.yaml without a Docker engine: parse it, check the wiring between its services, run
-every `command` through its daemon's real argument parser, then start the three commands as
-local processes (in compose's dependency order, gated by the services' own healthchecks) and
-generate through them.
+every `command` through its daemon's real argument parser, then run the token service's command
+and start the three daemons' as local processes (in compose's dependency order, gated by the
+services' own healthchecks), check that the kvstore and the executor refuse calls without the
+token, and generate through them.
 
 Only what a container provides is rewritten for the local run: service hostnames and 0.0.0.0
-listeners -> 127.0.0.1 with free ports, /data -> a tmp dir, the model -> the tiny test
-checkpoint, and sizes that fit this machine.
+listeners -> 127.0.0.1 with free ports, /data and /secrets -> tmp dirs, the model -> the tiny
+test checkpoint, and sizes that fit this machine.
 """
 import re
 import subprocess
@@ -21,9 +22,10 @@ from executor import daemon as executor_daemon
 from executor.default_model import NAME as DEFAULT_MODEL_NAME
 from kvstore import daemon as kvstore_daemon
 from kvstore.service import SERVICE_NAME as KVSTORE_SERVICE
-from protos.v1 import common_pb2, generation_pb2, generation_pb2_grpc
+from protos.v1 import common_pb2, executor_pb2, executor_pb2_grpc, generation_pb2, generation_pb2_grpc
+from protos.v1 import kvstore_pb2, kvstore_pb2_grpc
 from scheduler import daemon as scheduler_daemon
-from servers import EXACT_DTYPE, free_port, logs, spawn, stop_processes
+from servers import EXACT_DTYPE, STRATA, child_env, free_port, logs, spawn, stop_processes
 
 pytestmark = pytest.mark.system
 
@@ -35,6 +37,7 @@ PARSERS = {"kvstore": kvstore_daemon.build_parser().parse_args,
 READY_SERVICES = {"kvstore": KVSTORE_SERVICE, "executor": executor_daemon.SERVICE_NAME,
                   "scheduler": scheduler_daemon.SERVICE_NAME}
 MAX_TOKENS = 8
+TOKEN_PATH = "/secrets/internal-token"   # on the `secrets` volume the token service writes
 
 
 def interpolate(value: str) -> str:
@@ -71,19 +74,20 @@ def listen_port(services: dict, name: str) -> str:
 
 
 def test_three_services_from_one_image_built_here(services):
-    assert set(services) == set(SERVICES)
+    assert set(services) == {*SERVICES, "token"}   # the daemons and their one-shot token writer
     for service in services.values():
         assert service["image"] == "strata:local"
         assert service["build"]["context"] == "."
         assert interpolate(service["build"]["args"]["TORCH_INDEX"]).endswith("/whl/cpu")
-        assert service["restart"] == "unless-stopped"
+    assert [services[name]["restart"] for name in SERVICES] == ["unless-stopped"] * len(SERVICES)
 
 
 def test_every_command_parses_with_its_daemon_parser(services):
     kvstore, executor, scheduler = (parsed(services, name) for name in SERVICES)
     assert kvstore.listen == ["0.0.0.0:50053"]
-    assert kvstore.insecure and kvstore.ram == 2 << 30 and kvstore.disk == "/data/kvstore"
-    assert services["kvstore"]["volumes"] == ["kvstore-data:/data"]   # the disk tier persists
+    assert not kvstore.insecure and kvstore.plain_tcp   # plain TCP on the private network, token required
+    assert kvstore.ram == 2 << 30 and kvstore.disk == "/data/kvstore"
+    assert services["kvstore"]["volumes"][0] == "kvstore-data:/data"   # the disk tier persists
     assert executor.listen == "0.0.0.0:50052" and executor.data_dir == Path("/data")
     assert executor.model == Path("/models") / DEFAULT_MODEL_NAME   # baked into the image
     assert (scheduler.executor, scheduler.kvstore, scheduler.listen) == \
@@ -108,6 +112,22 @@ def test_image_builds_the_native_kernels_into_an_executor_volume(services):
     assert any(extensions_dir.startswith(mount.rstrip("/") + "/") for mount in mounts), mounts
 
 
+def test_daemons_share_one_internal_token_written_before_they_start(services):
+    """No daemon runs without the token: the token service writes it into a volume the daemons
+    mount read-only; the kvstore (which the others wait for) starts once it completed."""
+    token = services["token"]
+    assert command(services, "token") == ["token", TOKEN_PATH] and token["restart"] == "no"
+    assert token["volumes"] == ["secrets:/secrets"] and "secrets" in yaml.safe_load(
+        (ROOT / "compose.yaml").read_text())["volumes"]
+    assert token["environment"] == {"STRATA_INTERNAL_TOKEN": "${STRATA_INTERNAL_TOKEN:-}"}
+    kvstore, executor, scheduler = (parsed(services, name) for name in SERVICES)
+    assert (kvstore.token_file, executor.token_file, scheduler.internal_token_file) == (TOKEN_PATH,) * 3
+    assert not kvstore.insecure and not executor.insecure and kvstore.token is None
+    for name in SERVICES:
+        assert "secrets:/secrets:ro" in services[name]["volumes"]
+    assert services["kvstore"]["depends_on"]["token"] == {"condition": "service_completed_successfully"}
+
+
 def test_gpu_override_gives_the_executor_a_gpu_and_a_cuda_build():
     override = yaml.safe_load((ROOT / "compose.gpu.yaml").read_text())["services"]
     gpu, = override["executor"]["deploy"]["resources"]["reservations"]["devices"]
@@ -115,6 +135,7 @@ def test_gpu_override_gives_the_executor_a_gpu_and_a_cuda_build():
     for service in ("kvstore", "executor", "scheduler"):   # one image: the same build args
         assert override[service]["build"]["args"]["EXTRAS"] == "[gpu]"
         assert "cu12" in override[service]["build"]["args"]["TORCH_INDEX"]
+    assert override["token"]["build"] == override["kvstore"]["build"]
 
 
 def test_scheduler_alone_is_published_and_starts_after_healthy_daemons(services):
@@ -139,7 +160,8 @@ def test_healthcheck_probes_the_daemon_readiness_on_its_own_port(services, name)
 
 def localize(name: str, argv: list[str], addresses: dict[str, str], data_dir: Path,
              overrides: dict[str, str]) -> list[str]:
-    """Rewrite what a container provides: hostnames, 0.0.0.0 listeners, /data, OVERRIDES' values."""
+    """Rewrite what a container provides: hostnames, 0.0.0.0 listeners, /data, OVERRIDES' values
+    (the token's path is the caller's: one file for every service)."""
     assert set(overrides) <= set(argv), f"{name}: only rewrite flags compose.yaml sets"
     local = []
     for previous, arg in zip([""] + argv, argv):
@@ -157,14 +179,17 @@ def localize(name: str, argv: list[str], addresses: dict[str, str], data_dir: Pa
 
 def local_commands(services: dict, run_dir: Path, model_dir: Path,
                    addresses: dict[str, str]) -> dict[str, list[str]]:
-    overrides = {"kvstore": {"--ram": "64MiB"}, "executor": {"--model": str(model_dir)},
-                 "scheduler": {}}
+    token = str(run_dir / "secrets" / "internal-token")
+    overrides = {"kvstore": {"--ram": "64MiB", "--token-file": token},
+                 "executor": {"--model": str(model_dir), "--token-file": token},
+                 "scheduler": {"--internal-token-file": token}}
     extra = {"kvstore": ["--shm-dir", str(run_dir / "shm")],
              "executor": ["--num-device-blocks", "64", "--num-threads", "1", *EXACT_DTYPE,
                           "--arena-dir", str(run_dir / "shm")], "scheduler": []}
     (run_dir / "shm").mkdir()
-    return {name: localize(name, command(services, name), addresses, run_dir / name, overrides[name])
-            + extra[name] for name in SERVICES}
+    commands = {name: localize(name, command(services, name), addresses, run_dir / name, overrides[name])
+                + extra[name] for name in SERVICES}
+    return {"token": [arg.replace(TOKEN_PATH, token) for arg in command(services, "token")], **commands}
 
 
 def wait_healthy(probe: list[str], address: str, processes: list, run_dir: Path,
@@ -204,11 +229,26 @@ def generate(address: str, prompt: list[int]) -> tuple[list[int], int]:
     return tokens, reason
 
 
+def is_refused_without_token(name: str, address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        call = {"kvstore": lambda: kvstore_pb2_grpc.KVStoreStub(channel).Stats(kvstore_pb2.StatsRequest(), timeout=10),
+                "executor": lambda: executor_pb2_grpc.ExecutorStub(channel).Describe(
+                    executor_pb2.DescribeRequest(), timeout=10)}[name]
+        try:
+            call()
+        except grpc.RpcError as error:
+            return error.code() == grpc.StatusCode.UNAUTHENTICATED
+    return False
+
+
 def test_compose_commands_serve_a_greedy_generate(services, llama_dir, tmp_path):
     addresses = {f"{name}:{listen_port(services, name)}": f"127.0.0.1:{free_port()}" for name in SERVICES}
     commands = local_commands(services, tmp_path, llama_dir, addresses)
     prompt = list(range(3, 23))
     processes, expected = [], None
+    token_service = subprocess.run([*STRATA, *commands["token"]], capture_output=True, text=True,
+                                   timeout=60, env=child_env())   # its restart: "no": it ran once
+    assert token_service.returncode == 0, token_service.stderr
     try:
         for name in SERVICES:
             processes.append(spawn(commands[name], tmp_path / f"{name}.log"))
@@ -216,6 +256,8 @@ def test_compose_commands_serve_a_greedy_generate(services, llama_dir, tmp_path)
                 expected = hf_greedy(llama_dir, prompt)   # overlaps the kvstore's start-up
             local_address = addresses[f"{name}:{listen_port(services, name)}"]
             wait_healthy(services[name]["healthcheck"]["test"], local_address, processes, tmp_path)
+        for name in ("kvstore", "executor"):   # only the token's holders (the scheduler) get in
+            assert is_refused_without_token(name, addresses[f"{name}:{listen_port(services, name)}"])
         tokens, reason = generate(local_address, prompt)   # the scheduler's, started last
         assert len(tokens) == MAX_TOKENS and tokens == expected
         assert reason == generation_pb2.FINISH_REASON_LENGTH

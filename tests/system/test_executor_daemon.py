@@ -10,10 +10,12 @@ import pytest
 import torch
 from checkpoints import load_hf_model
 from servers import EXACT_DTYPE
+from internal_token import TOKEN, TOKEN_FILE
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.step_plans import SimpleDriver, make_plan, new_request, running
 from protos.v1 import executor_pb2, executor_pb2_grpc
+from runtime.token import with_token
 
 pytestmark = pytest.mark.system
 
@@ -42,13 +44,14 @@ def daemon(tmp_path_factory, llama_dir):
     listen = f"unix:{run_dir / 'executor.sock'}"
     command = [sys.executable, "-m", "strata.cli", "executor", "--model", str(llama_dir),
                "--listen", listen, "--block-size", str(BLOCK_SIZE), "--num-device-blocks", str(NUM_BLOCKS),
-               "--max-num-batched-tokens", "64", "--data-dir", str(run_dir), *EXACT_DTYPE]
+               "--max-num-batched-tokens", "64", "--data-dir", str(run_dir), *EXACT_DTYPE,
+               "--token-file", TOKEN_FILE]
     log = open(run_dir / "executor.log", "w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
     channel = grpc.insecure_channel(listen)
     try:
         wait_ready(channel, process)
-        yield executor_pb2_grpc.ExecutorStub(channel), process, run_dir
+        yield executor_pb2_grpc.ExecutorStub(with_token(channel, TOKEN)), process, run_dir
     finally:
         channel.close()
         if process.poll() is None:
@@ -113,7 +116,7 @@ def test_bad_plan_is_invalid_argument_and_next_plan_works(daemon, name):
 def test_sigterm_stops_cleanly(tmp_path, llama_dir):
     listen = f"unix:{tmp_path / 'e.sock'}"
     process = subprocess.Popen([sys.executable, "-m", "strata.cli", "executor", "--model", str(llama_dir),
-                                "--listen", listen, "--num-device-blocks", "8"])
+                                "--listen", listen, "--num-device-blocks", "8", "--token-file", TOKEN_FILE])
     with grpc.insecure_channel(listen) as channel:
         wait_ready(channel, process)
     os.kill(process.pid, signal.SIGTERM)

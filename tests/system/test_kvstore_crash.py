@@ -13,6 +13,7 @@ import pytest
 
 from bench.kvstore_pages import key_of, page_of
 from bench.kvstore_process import start_daemon
+from internal_token import TOKEN, TOKEN_FILE
 from kvstore.arena_io import load_pages, map_arena, store_pages
 from kvstore.disk import HEADER_BYTES, encode_file
 from runtime.kvstore_client import KVStoreClient
@@ -34,8 +35,8 @@ def dirs():
 def start(shm: str, disk: str, extra: list[str] = ()):
     sock = f"unix:{disk}/kv.sock"
     daemon = start_daemon(["--ram", "1MiB", "--shm-dir", shm, "--disk", disk, "--disk-size",
-                           "2GiB", "--fsync", "always", "--listen", sock, *extra])
-    return daemon, KVStoreClient(sock, timeout_s=10)
+                           "2GiB", "--fsync", "always", "--listen", sock, "--token-file", TOKEN_FILE, *extra])
+    return daemon, KVStoreClient(sock, token=TOKEN, timeout_s=10)
 
 
 def rebuilt(daemon) -> tuple[int, float]:

@@ -12,6 +12,7 @@ import pytest
 
 from bench.kvstore_pages import key_of, page_of
 from bench.kvstore_process import start_daemon
+from internal_token import TOKEN as A_TOKEN, TOKEN_FILE
 from kvstore.arena_io import load_pages, map_arena, store_pages
 from protos.v1 import kvstore_pb2 as pb
 from runtime.kvstore_client import KVStoreClient
@@ -67,7 +68,7 @@ def hosts():
             prefix_command=["ip", "netns", "exec", ns_b]))
         daemons.append(start_daemon(
             [*common, "--listen", f"unix:{tmp}/a.sock", "--backing", f"{ADDRESS_B}:7433",
-             "--backing-ca", f"{tmp}/cert.pem", "--write-through"],
+             "--backing-ca", f"{tmp}/cert.pem", "--write-through", "--token-file", TOKEN_FILE],
             prefix_command=["ip", "netns", "exec", ns_a],
             env={"STRATA_KVSTORE_BACKING_TOKEN": TOKEN}))
         yield {"tmp": tmp, "ns_a": ns_a}
@@ -92,7 +93,7 @@ def wait_for_page(client: KVStoreClient, key: bytes, timeout_s: float = 10.0) ->
 
 def test_page_stored_on_one_host_is_served_by_the_other(hosts):
     tmp = hosts["tmp"]
-    host_a = KVStoreClient(f"unix:{tmp}/a.sock")
+    host_a = KVStoreClient(f"unix:{tmp}/a.sock", token=A_TOKEN)
     host_b = KVStoreClient(f"unix:{tmp}/b.sock", token=TOKEN)
     layout = host_a.register("two-hosts", PAGE)
     arena = map_arena(layout)

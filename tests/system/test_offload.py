@@ -12,6 +12,7 @@ import pytest
 
 from checkpoints import load_hf_model
 from greedy_parity import generate_tokens, greedy_request, hf_greedy
+from internal_token import TOKEN
 from protos.v1 import generation_pb2
 from runtime.kvstore_client import KVStoreClient
 from servers import start_daemons, start_up
@@ -44,7 +45,7 @@ def run_all(stub, cases, num_threads: int = 64):
 
 
 def kvstore_stats(server):
-    client = KVStoreClient(server.kvstore_argv[2], timeout_s=5)
+    client = KVStoreClient(server.kvstore_argv[2], token=TOKEN, timeout_s=5)
     try:
         return client.stats()
     finally:
