@@ -105,7 +105,7 @@ def build_tiers(link: ExecutorLink, args: argparse.Namespace,
                              is_always_load=args.load_policy == "always"))
 
 
-class Daemon:
+class SchedulerDaemon:
     def __init__(self, args: argparse.Namespace, stop_event: threading.Event):
         self.args = args
         self.stop_event = stop_event
@@ -149,7 +149,7 @@ class Daemon:
 
 def main(argv: list[str]) -> int:
     configure_logging()
-    daemon = Daemon(parse_args(argv), stop_on_signals())
+    daemon = SchedulerDaemon(parse_args(argv), stop_on_signals())
     daemon.start()
     daemon.stop_event.wait()
     log.info("shutting down")
