@@ -130,12 +130,16 @@ def build_lock(build_dir: Path, timeout_s: float):
     later build wait forever. So a torch `lock` found while holding the flock is a dead
     builder's and is removed. TimeoutError after timeout_s (another process still building)."""
     with open(build_dir / "strata.lock", "w") as handle:
-        deadline = time.monotonic() + timeout_s
+        deadline, is_logged = time.monotonic() + timeout_s, False
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not is_logged:
+                    log.info("another process is building the native CPU kernels in %s; waiting for "
+                             "it (at most %.0f s)", build_dir, timeout_s)
+                    is_logged = True
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"another process has been building in {build_dir} for over "
                                        f"{timeout_s:.0f} s") from None
