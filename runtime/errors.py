@@ -40,6 +40,12 @@ class StatusError(Exception):
             self.code = code
 
 
+class InvalidArgument(StatusError):
+    """Bad input, in any daemon: the message names the field and what to change."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
 def abort_with_status(error: Exception, context: grpc.ServicerContext, method: str) -> None:
     """Raises: `error` as its status (re-raised as it is where gRPC already has one)."""
     if isinstance(error, StatusError):

@@ -117,7 +117,7 @@ def build_tiers(link: ExecutorLink, args: argparse.Namespace,
                              is_always_load=args.load_policy == "always"))
 
 
-class Daemon:
+class SchedulerDaemon:
     def __init__(self, args: argparse.Namespace, stop_event: threading.Event):
         self.args = args
         self.stop_event = stop_event
@@ -163,7 +163,7 @@ def main(argv: list[str]) -> int:
     configure_logging()
     args = parse_args(argv)
     read_tokens(args)
-    daemon = Daemon(args, stop_on_signals())
+    daemon = SchedulerDaemon(args, stop_on_signals())
     daemon.start()
     daemon.stop_event.wait()
     log.info("shutting down")

@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import grpc
 
-from runtime.errors import StatusError
+from runtime.errors import InvalidArgument, StatusError
+
+__all__ = ["ApiError", "InvalidArgument", "AlreadyExists", "ResourceExhausted", "Unavailable"]
 
 
 class ApiError(StatusError):
     """A request the server refuses; `message` says what to change."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
-
-class InvalidArgument(ApiError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 

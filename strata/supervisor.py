@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
 MAX_BACKOFF_SECONDS = 30.0
 MAX_START_ATTEMPTS = 4
 FIRST_PROGRESS_SECONDS, PROGRESS_SECONDS = 2.0, 5.0
+LOG_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")   # runtime.logs' line prefix
 
 
 @dataclass(slots=True)
@@ -199,9 +201,9 @@ def stop_processes(processes: list[subprocess.Popen], grace_s: float) -> list[in
 
 
 def last_line(path: Path, max_chars: int = 200) -> str:
-    """The log's last non-empty line (what a starting daemon is doing)."""
+    """The log's last non-empty line (what a starting daemon is doing), without its timestamp."""
     lines = [line for line in tail(path, 4000).splitlines() if line.strip()]
-    return lines[-1][-max_chars:] if lines else "(nothing logged yet)"
+    return LOG_TIME.sub("", lines[-1])[:max_chars] if lines else "(nothing logged yet)"
 
 
 def tail(path: Path, num_chars: int = 3000) -> str:

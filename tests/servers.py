@@ -73,8 +73,8 @@ def spawn(args: list[str], log_path: Path) -> subprocess.Popen:
 
 
 def wait_ready(address: str, processes: list[subprocess.Popen], run_dir: Path,
-               timeout_s: float = 120) -> grpc.Channel:
-    """Poll grpc.health.v1 readiness of strata.v1.Generation until SERVING."""
+               timeout_s: float = 120, service: str = READY_SERVICE) -> grpc.Channel:
+    """Poll grpc.health.v1 readiness of `service` (strata.v1.Generation) until SERVING."""
     channel = grpc.insecure_channel(address)
     health = health_pb2_grpc.HealthStub(channel)
     deadline = time.monotonic() + timeout_s
@@ -83,7 +83,7 @@ def wait_ready(address: str, processes: list[subprocess.Popen], run_dir: Path,
             if process.poll() is not None:
                 raise RuntimeError(f"{process.args} exited with {process.returncode}:\n{logs(run_dir)}")
         try:
-            reply = health.Check(health_pb2.HealthCheckRequest(service=READY_SERVICE), timeout=1)
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
                 return channel
         except grpc.RpcError:

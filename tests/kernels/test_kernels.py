@@ -11,7 +11,7 @@ from bench.paged_batch import PagedBatch, make_paged_batch
 import kernels
 from kernels import paged_attention_torch, write_kv_torch
 from kernels import twin
-from kernels.workspace import release_scratch, scratch
+from kernels.workspace import scratch
 
 # (context_len, num_queries): prefill from empty, chunk after a cached prefix, decodes,
 # lengths on and across block boundaries, odd lengths, a sequence with no queries this step.
@@ -175,10 +175,19 @@ def test_scratch_is_reused_within_a_thread_and_private_to_each_thread():
 
 
 def test_scratch_first_made_in_inference_mode_is_writable_outside_it():
-    release_scratch()
-    with torch.inference_mode():
-        scratch(4096, torch.float32, torch.device("cpu")).zero_()   # as the executor's forward does
-    scratch(4096, torch.float32, torch.device("cpu")).fill_(1.0)    # as a kernel test or a bench does
+    sums = []
+
+    def first_use_in_inference_mode() -> None:   # a fresh thread: its scratch buffers are new
+        with torch.inference_mode():
+            scratch(4096, torch.float32, torch.device("cpu")).zero_()   # as the executor's forward does
+        buffer = scratch(4096, torch.float32, torch.device("cpu"))
+        buffer.fill_(1.0)                                               # as a kernel test or a bench does
+        sums.append(buffer.sum().item())
+
+    thread = threading.Thread(target=first_use_in_inference_mode)
+    thread.start()
+    thread.join()
+    assert sums == [4096.0]
 
 
 def test_twin_without_enable_gqa_matches_naive(monkeypatch):

@@ -1,10 +1,12 @@
-"""The native kernels' build lock: a builder that died never wedges a later start."""
+"""The native kernels' build: its lock (a builder that died never wedges a later start) and its
+name (environments that would build different binaries never share one)."""
 import subprocess
 import sys
 import time
 
 import pytest
 
+from kernels import cpu_native
 from kernels.cpu_native import build_lock
 
 HOLD_LOCK = """
@@ -40,3 +42,23 @@ def test_a_live_builder_is_waited_for_boundedly_and_its_death_frees_the_lock(tmp
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_build_name_changes_with_torch_the_python_abi_and_the_cpu(monkeypatch):
+    import sysconfig
+
+    import torch
+
+    base = cpu_native._build_name()
+    assert base == cpu_native._build_name() and base.startswith("strata_cpu_kernels_")
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "__version__", "2.4.0+cu121")
+        assert cpu_native._build_name() != base
+    with monkeypatch.context() as patch:
+        suffix = sysconfig.get_config_var("EXT_SUFFIX")
+        patch.setattr(sysconfig, "get_config_var",
+                      lambda name: ".cpython-312-x86_64-linux-gnu.so" if name == "EXT_SUFFIX" else suffix)
+        assert cpu_native._build_name() != base
+    with monkeypatch.context() as patch:
+        patch.setattr(cpu_native, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+        assert cpu_native._build_name() != base

@@ -1,4 +1,5 @@
 """The real daemon as a subprocess over a unix socket: parity, bad plans, health, shutdown."""
+import math
 import os
 import signal
 import subprocess
@@ -94,6 +95,7 @@ BAD_PLANS = {
                                           new_requests=[new_request("b", [1, 2, 3], [1])]), "schedule 3"),
     "unmapped arena": (executor_pb2.StepPlan(step_id=2, loads=[executor_pb2.PageMove(block_id=1, slot=0, arena_id="x")]),
                        "no host arena mapped"),
+    "endless wait": (executor_pb2.StepPlan(step_id=2, wait_for_moves_s=math.inf), "wait_for_moves_s is inf"),
 }
 
 

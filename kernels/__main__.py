@@ -1,0 +1,5 @@
+import sys
+
+from kernels.cpu_native import main
+
+sys.exit(main())
