@@ -1,8 +1,8 @@
 """MapArena maps only what the kvstore created and announced: a regular file (no symlink) directly
 inside the arena directory (--arena-dir, default /dev/shm), named as the kvstore names its arenas,
 owned by this user, of exactly slot_bytes x num_slots bytes. Anything else is refused with the
-status the client sees (INVALID_ARGUMENT, or FAILED_PRECONDITION for another user's file) and a
-message naming the path and the rule; nothing is mapped."""
+status the client sees (FAILED_PRECONDITION: not such an arena; INVALID_ARGUMENT: the wrong size,
+as protos/v1/executor.proto says) and a message naming the path and the rule; nothing is mapped."""
 import os
 import secrets
 
@@ -56,12 +56,12 @@ def test_the_kvstores_own_arena_is_mapped(runner, shm_paths):
 def test_a_file_outside_the_arena_dir_is_refused(runner, shm_paths, tmp_path):
     slot_bytes = align_up(runner.pool.page_bytes)
     code, message = refusal(runner, "/etc/passwd", slot_bytes, 1)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
     assert "/etc/passwd" in message and "directly inside the arena directory /dev/shm" in message
     # Of the right size and name, but elsewhere: still not the kvstore's.
     elsewhere = Arena.create(shm_paths(runner.pool.page_bytes, str(tmp_path)), slot_bytes, NUM_SLOTS)
     code, message = refusal(runner, elsewhere.path, slot_bytes)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and elsewhere.path in message
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and elsewhere.path in message
     elsewhere.close()
 
 
@@ -71,7 +71,7 @@ def test_a_symlink_to_a_real_arena_is_refused(runner, shm_paths):
     link = shm_paths(runner.pool.page_bytes)
     os.symlink(arena.path, link)
     code, message = refusal(runner, link, slot_bytes)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
     assert link in message and "symlink" in message
     arena.close()
 
@@ -94,7 +94,7 @@ def test_a_file_not_named_as_an_arena_is_refused(runner, shm_paths):
         code, message = refusal(runner, path, slot_bytes)
     finally:
         os.unlink(path)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
     assert path in message and "not the name of a kvstore arena" in message
 
 

@@ -432,8 +432,6 @@ def test_executor_rpcs_answer_a_documented_status_and_compute_the_same_tokens(ex
     assert process.poll() is None
 
 
-@pytest.mark.xfail(strict=True, reason="open item of the robustness issue: MapArena maps any file the "
-                   "executor can open read-write, not only arenas a kvstore announced")
 def test_map_arena_refuses_a_file_no_kvstore_announced(executor):
     stub, _, run_dir, _ = executor
     decoy = run_dir / "notes.txt"

@@ -110,7 +110,7 @@ def test_up_daemon_sockets_refuse_calls_without_the_run_token(llama_dir, tmp_pat
             not_an_arena = executor_pb2.MapArenaRequest(arena_id="x", arena_path="/etc/passwd",
                                                         slot_bytes=1 << 20, num_slots=1)
             assert status_of(lambda: executor.MapArena(not_an_arena, metadata=metadata, timeout=10)) \
-                == Code.INVALID_ARGUMENT
+                == Code.FAILED_PRECONDITION
 
 
 @pytest.mark.parametrize("argv", [
