@@ -128,9 +128,12 @@ def start_server(listen: str, token: str | None):
     """Serve health (readiness NOT_SERVING) and every RPC (UNAVAILABLE) while the model loads;
     every RPC but health and reflection requires `token` (none: --insecure)."""
     from executor.service import ExecutorService
-    from protos.v1 import executor_pb2_grpc
+    from protos.v1 import executor_pb2, executor_pb2_grpc
+    from runtime.decoding import DecodeErrorInterceptor
 
-    server = make_server(NUM_WORKERS, token_interceptors(token, "executor", "--token-file"), MESSAGE_OPTIONS)
+    undecodable = DecodeErrorInterceptor(executor_pb2.DESCRIPTOR.services_by_name["Executor"])
+    server = make_server(NUM_WORKERS, [*token_interceptors(token, "executor", "--token-file"), undecodable],
+                         MESSAGE_OPTIONS)
     service = ExecutorService()
     executor_pb2_grpc.add_ExecutorServicer_to_server(service, server)
     health = Health(server, SERVICE_NAME)

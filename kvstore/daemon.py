@@ -12,8 +12,9 @@ import grpc
 from kvstore.disk import FsyncMode
 from kvstore.service import SERVICE_NAME, KVStoreService
 from kvstore.store import Store, StoreConfig
-from protos.v1 import kvstore_pb2_grpc
+from protos.v1 import kvstore_pb2, kvstore_pb2_grpc
 from runtime.arenas import DEFAULT_ARENA_DIR
+from runtime.decoding import DecodeErrorInterceptor
 from runtime.kvstore_client import KVStoreClient
 from runtime.listen import (MESSAGE_OPTIONS, add_listeners, refuse_remote_plain_tcp,
                             server_credentials)
@@ -83,7 +84,9 @@ def open_backing(args: argparse.Namespace) -> KVStoreClient | None:
 
 
 def build_server(store: Store, args: argparse.Namespace) -> tuple[grpc.Server, Health]:
-    server = make_server(16, token_interceptors(args.token, "kvstore", "--token"), MESSAGE_OPTIONS)
+    undecodable = DecodeErrorInterceptor(kvstore_pb2.DESCRIPTOR.services_by_name["KVStore"])
+    server = make_server(16, [*token_interceptors(args.token, "kvstore", "--token"), undecodable],
+                         MESSAGE_OPTIONS)
     kvstore_pb2_grpc.add_KVStoreServicer_to_server(KVStoreService(store), server)
     return server, Health(server, SERVICE_NAME)
 

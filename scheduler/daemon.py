@@ -23,7 +23,7 @@ from runtime.server import Health, drain, make_server, stop_on_signals
 from runtime.token import read_token_file
 from scheduler.engine import Engine
 from scheduler.executor_link import ExecutorLink
-from scheduler.decoding import DecodeErrorInterceptor
+from runtime.decoding import DecodeErrorInterceptor
 from scheduler.host_tiers import NullHostTiers
 from scheduler.kv_link import KVStoreLink
 from scheduler.offload import KVStoreTiers, OffloadConfig

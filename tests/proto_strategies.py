@@ -34,7 +34,7 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import strategies as st
 
-from scheduler.decoding import is_repeated
+from runtime.decoding import is_repeated
 
 F = FieldDescriptor
 INT_RANGES = {

@@ -121,7 +121,7 @@ def generation_calls() -> st.SearchStrategy:
     """(name, request, mutation): every RPC with arbitrary or plausible fields, and Generate with
     plausible fields only. A mutation (position, byte) overwrites one byte of the serialized
     request: the server must refuse what it cannot decode (bytes that are not UTF-8 in a string
-    field, a broken length) with INVALID_ARGUMENT, as scheduler/decoding.py documents."""
+    field, a broken length) with INVALID_ARGUMENT, as runtime/decoding.py documents."""
     plausible = plausible_generation_fields()
     widened_fields = {name: widened(name, values) for name, values in plausible.items()}
     request = st.one_of(calls(GENERATION, widened_fields),
@@ -591,9 +591,6 @@ UNDECODABLE = {   # a string field holding bytes that are not UTF-8
 }
 
 
-@pytest.mark.xfail(strict=True, reason="open item: only the scheduler installs DecodeErrorInterceptor "
-                   "(scheduler/decoding.py); the executor and the kvstore answer INTERNAL 'Exception "
-                   "deserializing request!' naming nothing (the daemon runtime should install it on all)")
 @pytest.mark.parametrize("daemon", UNDECODABLE)
 def test_an_undecodable_request_to_an_internal_service_is_invalid_argument(daemon, request):
     channel = with_token(request.getfixturevalue("kvstore")[1].channel if daemon == "kvstore" else

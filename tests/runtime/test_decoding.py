@@ -7,7 +7,7 @@ import pytest
 
 from protos.v1 import generation_pb2, generation_pb2_grpc
 from raw_bytes import with_raw_bytes
-from scheduler.decoding import DecodeErrorInterceptor, find_bad_utf8
+from runtime.decoding import DecodeErrorInterceptor, find_bad_utf8
 
 GENERATE = "/strata.v1.Generation/Generate"
 TOKENIZE = "/strata.v1.Generation/Tokenize"
