@@ -27,19 +27,24 @@ GRACE_SECONDS = 2.0
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dtype, --kv-cache-dtype and --block-size: the executor's, and `strata up`'s for it."""
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                        help="compute dtype (auto: the checkpoint's on CUDA; on a CPU bf16 where it "
+                             "has AMX-BF16 or AVX512-BF16, else fp32)")
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=DTYPE_CHOICES,
+                        help="KV storage dtype on the device and in the kvstore (auto: the compute "
+                             "dtype); 16-bit halves the KV bytes and rounds K/V")
+    parser.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="strata executor", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="save_pretrained directory (default: built-in random model)")
     parser.add_argument("--data-dir", type=Path, help="default: $STRATA_DATA_DIR or ~/.cache/strata")
     parser.add_argument("--listen", help="unix:PATH or HOST:PORT (default: unix:<data-dir>/run/executor.sock)")
-    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
-                        help="compute dtype (auto: the checkpoint's on CUDA; on a CPU bf16 where it has AMX-BF16 "
-                             "or AVX512-BF16, else fp32)")
-    parser.add_argument("--kv-cache-dtype", default="auto", choices=DTYPE_CHOICES,
-                        help="KV storage dtype (auto: the compute dtype); 16-bit halves the KV bytes "
-                             "and rounds K/V")
+    add_model_arguments(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--block-size", type=int, default=16)
     pool = parser.add_mutually_exclusive_group()
     pool.add_argument("--num-device-blocks", type=int)
     pool.add_argument("--kv-cache-memory", "--kv-cache-bytes", dest="kv_cache_bytes", metavar="SIZE",

@@ -22,7 +22,7 @@ from typing import Callable
 
 import grpc
 
-from executor.daemon import DTYPE_CHOICES   # torch-free: the executor imports torch late
+from executor.daemon import add_model_arguments   # torch-free: the executor imports torch late
 from executor.default_model import default_data_dir
 from kvstore.ram import remove_arenas_of
 from protos.v1 import generation_pb2, generation_pb2_grpc
@@ -50,15 +50,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     pool.add_argument("--kv-cache-memory", metavar="SIZE", type=parse_size,
                       help="bytes of device KV pool, e.g. 64MiB or 2GiB (as vLLM's kv_cache_memory_bytes; "
                            "default: from free memory)")
-    parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="models, logs (default: $STRATA_DATA_DIR or ~/.cache/strata)")
-    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
-                        help="compute dtype (auto: the checkpoint's on CUDA; on a CPU bf16 where it "
-                             "has AMX-BF16 or AVX512-BF16, else fp32)")
-    parser.add_argument("--kv-cache-dtype", default="auto", choices=DTYPE_CHOICES,
-                        help="KV storage dtype on the device and in the kvstore (auto: the compute "
-                             "dtype); 16-bit halves the KV bytes and rounds K/V")
+    add_model_arguments(parser)
     parser.add_argument("--max-num-batched-tokens", type=int)
     parser.add_argument("--max-num-seqs", type=int)
     parser.add_argument("--max-waiting", type=int, default=1024)
