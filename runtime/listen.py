@@ -19,6 +19,9 @@ SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
 MAX_MESSAGE_BYTES = 256 << 20
 MESSAGE_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+# A client reconnects within a couple of seconds of a restarted daemon (gRPC's default backoff
+# grows to 2 minutes: a scheduler whose executor died while starting waited that long).
+RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
 def bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials | None = None) -> int:

@@ -9,7 +9,7 @@ import grpc
 
 from protos.v1 import executor_pb2, executor_pb2_grpc
 from runtime.kvstore_client import ArenaLayout
-from runtime.listen import MESSAGE_OPTIONS
+from runtime.listen import MESSAGE_OPTIONS, RECONNECT_OPTIONS
 from runtime.token import with_token
 
 log = logging.getLogger(__name__)
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 class ExecutorLink:
     def __init__(self, target: str, token: str | None = None):
         self.target = target
-        self.channel = grpc.insecure_channel(target, options=MESSAGE_OPTIONS)
+        self.channel = grpc.insecure_channel(target, options=MESSAGE_OPTIONS + RECONNECT_OPTIONS)
         self.stub = executor_pb2_grpc.ExecutorStub(with_token(self.channel, token))
 
     def wait_until_ready(self, is_stopping=lambda: False, max_backoff_s: float = 5.0) -> bool:

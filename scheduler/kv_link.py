@@ -18,6 +18,7 @@ import grpc
 
 from protos.v1 import kvstore_pb2 as pb
 from runtime.kvstore_client import ArenaLayout, KVStoreClient
+from runtime.listen import RECONNECT_OPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,6 @@ DOWN_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EX
                         grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL,
                         grpc.StatusCode.UNAUTHENTICATED})
 RETRY_SECONDS = 1.0
-# Reconnect within a couple of seconds of a restarted kvstore (gRPC's default backoff grows to 2 min).
-RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
 class SlotLease(NamedTuple):
