@@ -17,6 +17,8 @@ import grpc
 from google.protobuf import descriptor as protobuf_descriptor
 from google.protobuf.message import DecodeError
 
+from runtime.errors import handler_kind
+
 WIRE_VARINT, WIRE_FIXED64, WIRE_LENGTH_DELIMITED, WIRE_FIXED32 = 0, 1, 2, 5
 # Fields read before giving up on naming the bad one: a GenerateRequest within the caps has a few
 # hundred, and this walk is pure Python, so a 4 MiB message of tiny fields must not cost seconds.
@@ -124,7 +126,7 @@ class DecodeErrorInterceptor(grpc.ServerInterceptor):
         message_type = self.input_types.get(handler_call_details.method)
         if handler is None or message_type is None or handler.request_streaming:
             return handler
-        kind = "unary_stream" if handler.response_streaming else "unary_unary"
+        kind = handler_kind(handler)
         return handler._replace(
             request_deserializer=tolerant_deserializer(handler.request_deserializer, message_type),
             **{kind: refusing_undecodable(getattr(handler, kind))})

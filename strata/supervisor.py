@@ -74,8 +74,8 @@ class Supervisor:
     children: list[Child] = field(default_factory=list)
 
     def start(self, specs: list[ChildSpec], should_stop=lambda: False) -> None:
-        """Spawn every child at once, then block until each is ready, in order (RuntimeError if
-        one dies first). Each waits for what it needs by itself (the scheduler retries the
+        """Spawn every child at once, then block until each is ready, in order (a child killed
+        while starting is started again; RuntimeError when one cannot start). Each waits for what it needs by itself (the scheduler retries the
         executor and the kvstore), so their start-ups overlap: torch's import and the model
         load in the executor, the tokenizer in the scheduler, the arena in the kvstore."""
         started = [Child(spec, self.log_dir / f"{spec.name}.log") for spec in specs]
