@@ -15,6 +15,10 @@ They are compiled with torch's cpp_extension (needs a C++ compiler and ninja) on
 torch, Python and CPU (see _build_name), at set-up by `./dev setup` (`python -m kernels`) or else
 by the first executor; when that is impossible the torch forms stay the path (a warning says
 why). STRATA_NATIVE_KERNELS=0 turns them off.
+
+They are built for this CPU (-march=native) unless STRATA_KERNELS_MARCH names a baseline of
+MARCH_FLAGS: a container image builds for one so that it runs on other hosts than the builder's,
+and a CPU without the baseline's flags gets the torch forms.
 """
 from __future__ import annotations
 
@@ -37,6 +41,11 @@ SOURCES = [Path(__file__).parent / "csrc" / name
            for name in ("module.cpp", "paged_decode_cpu.cpp", "cpu_ops.cpp", "small_linear_cpu.cpp",
                         "packed_linear_cpu.cpp")]
 CFLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffast-math"]
+# The x86-64 micro-architecture levels, by the /proc/cpuinfo flags each adds to the one before.
+_V2 = frozenset({"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"})
+_V3 = _V2 | {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}
+_V4 = _V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+MARCH_FLAGS = {"x86-64-v2": _V2, "x86-64-v3": _V3, "x86-64-v4": _V4}
 # A first build takes 30 s to 3 min here; past this the executor starts on the torch forms.
 BUILD_LOCK_TIMEOUT_S = 600.0
 _module = None
@@ -44,18 +53,35 @@ _is_tried = False
 _lock = threading.Lock()
 
 
-def _build_name() -> str:
-    """Compiler flags, sources, torch's version, the Python ABI and the CPU flags in the name:
-    -march=native code must not run on another CPU, a module built against another torch or
-    Python must not load, and a flag change must rebuild. Environments that differ in any of
-    these build side by side; ones that agree share one build."""
+def target_march() -> str:
+    """STRATA_KERNELS_MARCH (native by default). ValueError naming the choices otherwise; a
+    baseline this CPU lacks flags of is a RuntimeError naming them."""
+    march = os.environ.get("STRATA_KERNELS_MARCH") or "native"
+    if march != "native" and march not in MARCH_FLAGS:
+        raise ValueError(f"STRATA_KERNELS_MARCH={march!r} is not one of native, {', '.join(MARCH_FLAGS)}")
+    missing = sorted(MARCH_FLAGS.get(march, frozenset()) - cpu_flags())
+    if missing:
+        raise RuntimeError(f"this CPU lacks {' '.join(missing)} of {march} (STRATA_KERNELS_MARCH)")
+    return march
+
+
+def build_flags(march: str) -> list[str]:
+    return [f"-march={march}" if flag == "-march=native" else flag for flag in CFLAGS]
+
+
+def _build_name(march: str = "native") -> str:
+    """Compiler flags, sources, torch's version, the Python ABI and, for -march=native, the CPU
+    flags in the name: native code must not run on another CPU, a module built against another
+    torch or Python must not load, and a flag change must rebuild. Environments that differ in
+    any of these build side by side; ones that agree share one build."""
     import torch
 
     abi = [sys.implementation.cache_tag, sysconfig.get_config_var("EXT_SUFFIX") or ""]
-    digest = hashlib.sha256(" ".join([*CFLAGS, torch.__version__, *abi]).encode())
+    digest = hashlib.sha256(" ".join([*build_flags(march), torch.__version__, *abi]).encode())
     for source in SOURCES:
         digest.update(source.read_bytes())
-    digest.update(" ".join(sorted(cpu_flags())).encode())
+    if march == "native":
+        digest.update(" ".join(sorted(cpu_flags())).encode())
     return f"strata_cpu_kernels_{digest.hexdigest()[:12]}"
 
 
@@ -101,7 +127,8 @@ def _load_or_build():
     import importlib.machinery
     import importlib.util
 
-    name = _build_name()
+    march = target_march()
+    name = _build_name(march)
     build_dir = _build_dir() / name
     built = build_dir / f"{name}.so"
     if built.is_file():
@@ -118,9 +145,10 @@ def _load_or_build():
     with build_lock(build_dir, BUILD_LOCK_TIMEOUT_S):
         from torch.utils.cpp_extension import load
 
-        log.info("building the native CPU kernels %s (about a minute, once per machine)", name)
+        log.info("building the native CPU kernels %s for -march=%s (about a minute, once per machine)",
+                 name, march)
         return load(name=name, sources=[str(source) for source in SOURCES], build_directory=str(build_dir),
-                    extra_cflags=CFLAGS, verbose=False)
+                    extra_cflags=build_flags(march), verbose=False)
 
 
 @contextlib.contextmanager

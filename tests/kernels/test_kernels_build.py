@@ -62,3 +62,22 @@ def test_the_build_name_changes_with_torch_the_python_abi_and_the_cpu(monkeypatc
     with monkeypatch.context() as patch:
         patch.setattr(cpu_native, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
         assert cpu_native._build_name() != base
+
+
+def test_a_baseline_march_names_its_build_without_the_cpu_and_checks_the_cpu_has_it(monkeypatch):
+    monkeypatch.setattr(cpu_native, "cpu_flags", lambda: cpu_native.MARCH_FLAGS["x86-64-v3"])
+    v3 = cpu_native._build_name("x86-64-v3")
+    assert v3 != cpu_native._build_name("native") and v3 != cpu_native._build_name("x86-64-v4")
+    assert cpu_native.build_flags("x86-64-v3") == ["-O3", "-march=x86-64-v3", "-fopenmp-simd", "-ffast-math"]
+    monkeypatch.setattr(cpu_native, "cpu_flags", lambda: cpu_native.MARCH_FLAGS["x86-64-v4"] | {"amx_bf16"})
+    assert cpu_native._build_name("x86-64-v3") == v3   # another CPU finds the image's build
+    monkeypatch.setenv("STRATA_KERNELS_MARCH", "x86-64-v3")
+    assert cpu_native.target_march() == "x86-64-v3"
+    monkeypatch.setattr(cpu_native, "cpu_flags", lambda: cpu_native.MARCH_FLAGS["x86-64-v2"] | {"avx", "fma"})
+    with pytest.raises(RuntimeError, match="this CPU lacks abm avx2 bmi1 bmi2 f16c movbe xsave of x86-64-v3"):
+        cpu_native.target_march()
+    monkeypatch.setenv("STRATA_KERNELS_MARCH", "haswell")
+    with pytest.raises(ValueError, match="'haswell' is not one of native, x86-64-v2, x86-64-v3, x86-64-v4"):
+        cpu_native.target_march()
+    monkeypatch.delenv("STRATA_KERNELS_MARCH")
+    assert cpu_native.target_march() == "native"
