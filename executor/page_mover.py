@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import mmap
+import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -95,9 +96,25 @@ class PageMover:
                                             is_pinned)
         log.info("mapped arena %s (%s, %d slots of %d bytes%s)", arena_id, path, num_slots,
                  slot_bytes, ", pinned" if is_pinned else "")
-        if old is not None and old.is_pinned and not self.in_flight:
-            torch.cuda.cudart().cudaHostUnregister(old.tensor.data_ptr())
+        if old is not None:
+            self._unpin(old)
+        self._forget_removed_arenas()
         return is_pinned
+
+    def _forget_removed_arenas(self) -> None:
+        """Drop the mappings of arenas whose file is gone: a restarted kvstore removes its dead
+        predecessor's arena and announces a new one, and an unlinked tmpfs file keeps its memory
+        as long as it is mapped. A move in flight keeps its arena alive through its reference."""
+        for arena_id, arena in list(self.arenas.items()):
+            if not os.path.exists(arena.path):
+                del self.arenas[arena_id]
+                self._unpin(arena)
+                log.info("unmapped arena %s: its file %s is gone (its kvstore restarted)", arena_id,
+                         arena.path)
+
+    def _unpin(self, arena: MappedArena) -> None:
+        if arena.is_pinned and not self.in_flight:
+            torch.cuda.cudart().cudaHostUnregister(arena.tensor.data_ptr())
 
     # ---- moves ---------------------------------------------------------------------------
     def check_ids(self, move_ids) -> str | None:

@@ -107,3 +107,18 @@ def test_another_users_file_is_refused(runner, shm_paths):
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     assert arena.path in message and "owned by uid 65534" in message
     arena.close()
+
+
+def test_an_arena_whose_file_is_gone_is_unmapped_when_the_next_is_mapped(runner, shm_paths):
+    """A restarted kvstore unlinks its dead predecessor's arena and announces its own: the
+    executor drops the old mapping (the unlinked file's memory) instead of keeping it forever."""
+    slot_bytes = align_up(runner.pool.page_bytes)
+    first = Arena.create(shm_paths(runner.pool.page_bytes), slot_bytes, NUM_SLOTS)
+    runner.mover.map_arena("ram-first", first.path, slot_bytes, NUM_SLOTS)
+    first.close()
+    os.unlink(first.path)
+    assert "ram-first" in runner.mover.arenas   # nothing looks until the next MapArena
+    second = Arena.create(shm_paths(runner.pool.page_bytes), slot_bytes, NUM_SLOTS)
+    runner.mover.map_arena("ram-second", second.path, slot_bytes, NUM_SLOTS)
+    assert "ram-first" not in runner.mover.arenas and runner.mover.arena_slots["ram-second"] == NUM_SLOTS
+    second.close()
