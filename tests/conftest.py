@@ -44,3 +44,19 @@ def qwen2_dir(tmp_path_factory, tokenizer_dir):
 @pytest.fixture(scope="session")
 def qwen3_dir(tmp_path_factory, tokenizer_dir):
     return _checkpoint(tmp_path_factory, tokenizer_dir, "qwen3")
+
+
+# --- `./dev test --compose`: the tests that build the image and run compose.yaml under Docker ---
+def pytest_addoption(parser):
+    parser.addoption("--compose", action="store_true",
+                     help="also run the tests marked compose (build the image, docker compose up; ~15 min "
+                          "the first time on 2 cores)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--compose"):
+        return
+    skip = pytest.mark.skip(reason="builds the image and runs docker compose: ./dev test --compose")
+    for item in items:
+        if item.get_closest_marker("compose"):
+            item.add_marker(skip)
