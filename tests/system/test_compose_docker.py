@@ -2,7 +2,8 @@
 runs), `docker compose up` it under a Docker engine (tests/docker_engine.py), stream a greedy
 Generate from the published port and check its tokens against transformers on the image's own
 built-in model, check that the kvstore and the executor refuse calls without the internal token
-inside compose's network, then `down -v` and check that nothing is left: no container, volume,
+inside compose's network, that a kvstore killed by a signal comes back and the running executor
+maps its new arena (they share /dev/shm through a tmpfs volume), then `down -v` and check that nothing is left: no container, volume,
 network or /dev/shm arena.
 
 Only with `./dev test --compose` (marker `compose`): the first image build takes about ten
@@ -10,6 +11,7 @@ minutes on 2 cores. Skips with the reason where no engine answers and none can b
 """
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -101,6 +103,38 @@ def first_tokens(address: str, prompt: list[int], up: subprocess.Popen,
             time.sleep(1)
 
 
+def kill_kvstore(project_args: list[str], env: dict[str, str]) -> None:
+    """kill -9 the kvstore container's process (as a crash; `docker kill` would count as a stop
+    that no restart policy undoes), then wait until compose's restart policy has it healthy."""
+    container = run([*project_args, "ps", "-q", "kvstore"], env).stdout.strip()
+    state = lambda: run(["docker", "inspect", "-f", "{{.State.Pid}} {{.RestartCount}} {{.State.Health.Status}}",
+                         container], env).stdout.split()
+    pid, restarts, _ = state()
+    os.kill(int(pid), signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while state()[1:] != [str(int(restarts) + 1), "healthy"]:
+        assert time.monotonic() < deadline, f"the kvstore is not back: {state()}"
+        time.sleep(1)
+
+
+def rejoins_new_arena(project_args: list[str], env: dict[str, str], address: str) -> bool:
+    """Requests with new prefixes until the scheduler has re-attached the new kvstore and the
+    executor has mapped its arena in the shared /dev/shm (and dropped the dead one's)."""
+    deadline = time.monotonic() + 120
+    with grpc.insecure_channel(address) as channel:
+        stub = generation_pb2_grpc.GenerationStub(channel)
+        for attempt in range(1000):
+            generate_tokens(stub, [7 + attempt] + list(range(100, 300)), 1)
+            logs = run([*project_args, "logs", "--no-color", "executor"], env).stdout
+            if logs.count("INFO mapped arena ") == 2 and "INFO unmapped arena " in logs:
+                return True
+            if time.monotonic() > deadline:
+                print(logs[-3000:])
+                return False
+            time.sleep(1)
+    return False
+
+
 @pytest.fixture(scope="module")
 def engine():
     reason = why_no_engine()
@@ -119,8 +153,9 @@ def test_compose_up_streams_the_right_tokens_and_down_leaves_nothing(engine, tmp
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-5000:]
 
     project, port = f"stratatest{os.getpid()}", free_port()
+    # vfs copies the whole image for each new container: compose v1's 60 s per call is too short.
     env.update(STRATA_PORT=str(port), STRATA_KVSTORE_RAM="256MiB", STRATA_KVSTORE_SHM="512m",
-               STRATA_DTYPE="float32")
+               STRATA_DTYPE="float32", COMPOSE_HTTP_TIMEOUT="600")
     env.pop("STRATA_INTERNAL_TOKEN", None)   # the token service generates one
     project_args = [*compose, "-p", project, "-f", str(ROOT / "compose.yaml")]
     shm_before = set(os.listdir("/dev/shm"))
@@ -139,6 +174,12 @@ def test_compose_up_streams_the_right_tokens_and_down_leaves_nothing(engine, tmp
         assert probe.stdout.split() == ["kvstore", "UNAUTHENTICATED", "executor", "UNAUTHENTICATED"], probe
         logs = run([*project_args, "logs", "--no-color", "executor"], env).stdout
         assert "loading the native CPU kernels" in logs and "building the native" not in logs, logs[-3000:]
+
+        kill_kvstore(project_args, env)   # compose restarts it; the executor keeps running
+        assert rejoins_new_arena(project_args, env, f"127.0.0.1:{port}")
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            after = generate_tokens(generation_pb2_grpc.GenerationStub(channel), prompt, MAX_TOKENS)
+        assert after == (expected, generation_pb2.FINISH_REASON_LENGTH)
     finally:
         down = run([*project_args, "down", "-v", "--remove-orphans"], env)
     assert down.returncode == 0, down.stderr
