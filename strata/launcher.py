@@ -52,6 +52,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--http-port", type=int, default=8000,
                         help="OpenAI-compatible HTTP API port; 0 turns the gateway off "
                              "(an API key comes from $STRATA_API_KEY)")
+    parser.add_argument("--model-name", default=None,
+                        help="the model name HTTP clients send (default: the model id)")
     pool = parser.add_mutually_exclusive_group()
     pool.add_argument("--num-device-blocks", type=int, help="KV blocks (default: from free memory)")
     pool.add_argument("--kv-cache-memory", metavar="SIZE", type=parse_size,
@@ -128,6 +130,8 @@ def gateway_spec(args: argparse.Namespace) -> ChildSpec:
     from the environment the child inherits, not from argv where `ps` shows it)."""
     argv = ["gateway", "--scheduler", f"{client_host(args.host)}:{args.port}",
             "--host", args.http_host, "--port", str(args.http_port)]
+    if args.model_name:
+        argv += ["--model-name", args.model_name]
     url = f"http://{client_host(args.http_host)}:{args.http_port}/health"
     return ChildSpec("gateway", argv, url, "", 60.0, ready_probe=functools.partial(is_http_ready, url))
 
