@@ -3,7 +3,8 @@
     strata up [--model DIR]   kvstore + executor + scheduler on unix sockets in a private 0700
                               temp dir, the public API on --host:--port; children restarted
                               when they die. A per-run internal token (a 0600 file in that dir)
-                              guards the executor's and the kvstore's sockets
+                              guards the executor's and the kvstore's sockets; the OpenAI
+                              HTTP gateway on --http-host:--http-port (0: none)
     strata demo               the same on the built-in model, one streamed completion, then stop
 """
 from __future__ import annotations

@@ -11,7 +11,7 @@ import grpc
 
 from protos.v1 import generation_pb2, generation_pb2_grpc
 from strata.gateway.chat_template import ChatTemplate
-from strata.gateway.errors import ApiError, aborted, from_rpc_error
+from strata.gateway.errors import aborted, from_rpc_error
 
 UNARY_TIMEOUT_S = 30.0
 
@@ -103,5 +103,3 @@ def check_finished(finish_reason: int) -> None:
     if finish_reason == generation_pb2.FINISH_REASON_UNSPECIFIED:
         raise aborted()
 
-
-__all__ = ["ApiError", "Backend", "FanOut", "check_finished"]
