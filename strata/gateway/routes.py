@@ -3,6 +3,7 @@
 hands the calls to completions.py."""
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import time
 
@@ -19,6 +20,7 @@ from strata.gateway.schemas import (ChatCompletionRequest, CompletionRequest, De
 from strata.gateway.shapes import ChatShape, CompletionShape
 
 STARTED = int(time.time())
+DISCONNECT_POLL_S = 0.25   # how soon a collected (not streamed) request notices its client left
 
 
 def strata_version() -> str:
@@ -106,11 +108,31 @@ async def render_chat(backend: Backend, messages, add_generation_prompt: bool) -
 async def respond(request: Request, body: SamplingFields, completion: Completion, generate: list):
     fan_out = backend_of(request).fan_out(generate)
     if not body.stream:
-        return await completions.collect(backend_of(request), completion, fan_out.responses(), fan_out.cancel)
+        collecting = completions.collect(backend_of(request), completion, fan_out.responses(), fan_out.cancel)
+        return await unless_disconnected(request, collecting, fan_out)
     is_usage_included = body.stream_options is not None and body.stream_options.include_usage
     responses = await primed(fan_out)
     events = completions.stream(backend_of(request), completion, responses, fan_out.cancel, is_usage_included)
     return StreamingResponse(events, media_type="text/event-stream")
+
+
+async def unless_disconnected(request: Request, collecting, fan_out: FanOut):
+    """The collected response, or, once the client has gone away, every call cancelled (the
+    scheduler frees their blocks) instead of generating for nobody."""
+    collector = asyncio.ensure_future(collecting)
+    watcher = asyncio.ensure_future(wait_disconnected(request))
+    await asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    watcher.cancel()
+    if collector.done():
+        return collector.result()
+    collector.cancel()
+    fan_out.cancel()
+    raise ApiError(499, "the client closed the connection", "cancelled", code="cancelled")
+
+
+async def wait_disconnected(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_S)
 
 
 async def primed(fan_out: FanOut):

@@ -223,3 +223,13 @@ def test_64_streams_with_16_dropped_mid_stream_free_every_device_block(server):
     stats = server.stub.GetStats(generation_pb2.GetStatsRequest())
     assert stats.num_free_device_blocks == stats.num_device_blocks == NUM_DEVICE_BLOCKS
     assert stats.is_integrity_ok
+
+
+def test_a_collected_request_whose_client_left_is_cancelled_too(server):
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 900, "n": 16, "temperature": 0, "ignore_eos": True}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(server.base_url + "/v1/completions", json=body, timeout=1.0,
+                   headers={"Authorization": f"Bearer {KEY}"})
+    wait_idle(server, timeout_s=3.0)   # 16 x 900 tokens, 4 at a time in 256 blocks: many seconds
+    stats = server.stub.GetStats(generation_pb2.GetStatsRequest())
+    assert stats.num_free_device_blocks == NUM_DEVICE_BLOCKS
