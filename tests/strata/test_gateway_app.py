@@ -122,3 +122,28 @@ def test_tokenize_and_detokenize_in_vllms_shapes():
 
 def test_version_answers_without_the_scheduler():
     assert set(call(FakeBackend([]), "GET", "/version").json()) == {"version"}
+
+
+def test_a_chat_rendered_with_bos_is_tokenized_without_the_tokenizers_special_tokens():
+    backend = FakeBackend([[response("a", [1], STOP)]], chat_template="{{ bos_token }}{{ messages[0]['content'] }}")
+    backend.template.bos_token = "<s>"
+    seen = []
+    original = backend.tokenize
+
+    async def tokenize(text, is_special_added):
+        seen.append((text, is_special_added))
+        return await original(text, is_special_added)
+    backend.tokenize = tokenize
+    call(backend, "POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
+    assert seen == [("<s>hi", False)]
+
+
+def test_the_gateway_command_takes_the_api_key_from_the_environment(monkeypatch):
+    from strata.gateway.server import parse_args
+
+    monkeypatch.setenv("STRATA_API_KEY", "from-env")
+    assert parse_args([]).api_key == "from-env"
+    assert parse_args(["--api-key", "flag"]).api_key == "flag"
+    monkeypatch.delenv("STRATA_API_KEY")
+    args = parse_args(["--scheduler", "h:1", "--port", "9", "--model-name", "m"])
+    assert (args.api_key, args.scheduler, args.host, args.port, args.model_name) == (None, "h:1", "127.0.0.1", 9, "m")

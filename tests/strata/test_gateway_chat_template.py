@@ -75,3 +75,10 @@ def test_the_scheduler_reads_the_template_from_tokenizer_config_or_chat_template
     (tmp_path / "chat_template.jinja").write_text("J")
     assert tuple(read_chat_files(tmp_path)) == ("J", "", "</s>")
     assert tuple(read_chat_files(tmp_path / "missing")) == ("", "", "")
+
+
+def test_the_built_in_model_ships_its_template_where_the_scheduler_reads_it(tmp_path):
+    from executor.default_model import write_chat_template
+
+    write_chat_template(tmp_path)
+    assert read_chat_files(tmp_path).chat_template == CHAT_TEMPLATE

@@ -92,3 +92,17 @@ def test_n_streamed_choices_carry_their_index():
     reply = run(post_stream(backend, "/v1/completions", {"prompt": "x", "n": 2, "seed": 1}))
     chunks = [json.loads(e) for e in events_of(reply.text)[:-1]]
     assert sorted((c["choices"][0]["index"], c["choices"][0]["text"]) for c in chunks) == [(0, "a"), (1, "b")]
+
+
+def test_streamed_chat_logprobs_ride_on_their_chunk():
+    from gateway_fakes import logprobs
+
+    entry = logprobs(-0.5, [5], [-0.5])
+    backend = FakeBackend([[response("x", [5], logprobs=[entry]), response("", [], STOP)]])
+    reply = run(post_stream(backend, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                                              "logprobs": True, "top_logprobs": 1}))
+    chunks = [json.loads(e) for e in events_of(reply.text)[:-1]]
+    assert chunks[0]["choices"][0]["logprobs"] == {"content": [
+        {"token": "<5>", "logprob": -0.5, "bytes": list(b"<5>"),
+         "top_logprobs": [{"token": "<5>", "logprob": -0.5, "bytes": list(b"<5>")}]}]}
+    assert (chunks[1]["choices"][0]["logprobs"], chunks[1]["choices"][0]["finish_reason"]) == (None, "stop")
