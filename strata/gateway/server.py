@@ -5,9 +5,13 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import logging
 import os
 
 from runtime.logs import configure_logging
+
+log = logging.getLogger("strata.gateway")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -33,5 +37,18 @@ def main(argv: list[str]) -> int:
     configure_logging()
     args = parse_args(argv)
     app = create_app(GatewayConfig(args.scheduler, args.api_key, args.model_name))
+    if args.api_key is None and not is_loopback(args.host):
+        log.warning("serving %s without an API key: anyone who reaches it can generate "
+                    "(set --api-key or STRATA_API_KEY)", args.host)
+    log.info("gateway on http://%s:%d -> scheduler %s", args.host, args.port, args.scheduler)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -147,3 +147,10 @@ def test_the_gateway_command_takes_the_api_key_from_the_environment(monkeypatch)
     monkeypatch.delenv("STRATA_API_KEY")
     args = parse_args(["--scheduler", "h:1", "--port", "9", "--model-name", "m"])
     assert (args.api_key, args.scheduler, args.host, args.port, args.model_name) == (None, "h:1", "127.0.0.1", 9, "m")
+
+
+def test_only_loopback_hosts_count_as_private():
+    from strata.gateway.server import is_loopback
+
+    assert [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "10.1.2.3", "host")] == [
+        True, True, True, False, False, False]
