@@ -106,6 +106,8 @@ async def render_chat(backend: Backend, messages, add_generation_prompt: bool) -
 
 
 async def respond(request: Request, body: SamplingFields, completion: Completion, generate: list):
+    for index, message in enumerate(generate):   # the scheduler's logs name the HTTP request
+        message.request_id = f"{completion.shape.id_prefix}{completion.request_id}-{index}"
     fan_out = backend_of(request).fan_out(generate)
     if not body.stream:
         collecting = completions.collect(backend_of(request), completion, fan_out.responses(), fan_out.cancel)

@@ -12,6 +12,7 @@ import os
 from runtime.logs import configure_logging
 
 log = logging.getLogger("strata.gateway")
+GRACE_SECONDS = 5
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -41,7 +42,9 @@ def main(argv: list[str]) -> int:
         log.warning("serving %s without an API key: anyone who reaches it can generate "
                     "(set --api-key or STRATA_API_KEY)", args.host)
     log.info("gateway on http://%s:%d -> scheduler %s", args.host, args.port, args.scheduler)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    # SIGTERM: open streams get GRACE_SECONDS to end (as the scheduler's drain), then close.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=GRACE_SECONDS)
     return 0
 
 

@@ -25,6 +25,7 @@ def test_a_completion_is_collected_with_usage_summed_over_choices():
     assert (body["object"], body["model"]) == ("text_completion", "tiny")
     assert body["id"].startswith("cmpl-")
     assert [r.sampling.seed for r in backend.requests] == [9, 10]
+    assert [r.request_id for r in backend.requests] == [body["id"] + "-0", body["id"] + "-1"]
 
 
 def test_a_list_of_prompts_gives_n_choices_each_and_one_usage_per_prompt():
