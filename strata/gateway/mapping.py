@@ -93,10 +93,6 @@ def chat_max_tokens(body: ChatCompletionRequest, num_prompt_tokens: int, max_mod
     return max(max_model_len - num_prompt_tokens, 1)
 
 
-def completion_logprobs(body: CompletionRequest) -> int | None:
-    return body.logprobs
-
-
 def chat_logprobs(body: ChatCompletionRequest) -> int | None:
     """logprobs: true -> the sampled token's; top_logprobs N -> also the N most likely."""
     if body.top_logprobs is not None and not body.logprobs:
