@@ -21,6 +21,12 @@ SEED = 1234
 VOCAB_SIZE = 4096
 SHAPE = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
              intermediate_size=768, max_position_embeddings=2048)
+# A minimal chat format (zephyr-like), so /v1/chat/completions works on the built-in model:
+# each message as <|role|>, newline, content, EOS; the generation prompt opens the assistant's turn.
+CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] "
+                 "+ eos_token + '\\n' }}{% endfor %}"
+                 "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}")
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 README = f"""# {NAME}
 
 A small Llama-shaped model with RANDOM weights (seed {SEED}), built locally by Strata's executor
@@ -37,6 +43,7 @@ def ensure_default_model(data_dir: Path) -> Path:
     """Path of the built-in model under data_dir, building it first if it is not there yet."""
     target = Path(data_dir) / "models" / NAME
     if (target / "config.json").is_file():
+        write_chat_template(target)   # a model built before the template existed gets it now
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{NAME}-", dir=target.parent))
@@ -51,6 +58,15 @@ def ensure_default_model(data_dir: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def write_chat_template(model_dir: Path) -> None:
+    path = Path(model_dir) / CHAT_TEMPLATE_FILE
+    if not path.is_file():
+        try:
+            path.write_text(CHAT_TEMPLATE)
+        except OSError as error:   # a read-only model dir (an image): serve it without chat
+            log.warning("could not write %s: %s", path, error)
 
 
 def build_default_model(out_dir: Path) -> None:
@@ -71,6 +87,7 @@ def build_default_model(out_dir: Path) -> None:
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     (out_dir / "README.md").write_text(README)
+    write_chat_template(out_dir)
 
 
 def _init(shape, name: str, generator):

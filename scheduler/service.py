@@ -9,11 +9,12 @@ from tokenizers import Tokenizer
 
 from protos.v1 import executor_pb2, generation_pb2, generation_pb2_grpc
 from scheduler.block_hash import make_namespace
+from scheduler.chat_files import read_chat_files
 from scheduler.engine import Engine
 from scheduler.errors import Unavailable
 from scheduler.request import Request
-from scheduler.validation import (ModelLimits, check_sampling, check_sizes, prompt_token_ids,
-                                  stop_criteria)
+from scheduler.validation import (ModelLimits, check_sampling, check_sizes, check_token_ids,
+                                  prompt_token_ids, stop_criteria)
 
 
 class GenerationService(generation_pb2_grpc.GenerationServicer):
@@ -27,6 +28,7 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
                describe: executor_pb2.DescribeResponse) -> None:
         self.tokenizer = tokenizer
         self.describe = describe
+        self.chat_files = read_chat_files(describe.model_path)
         self.limits = ModelLimits(describe.vocab_size, describe.max_model_len,
                                   describe.block_size, describe.num_blocks)
         self.page_shape = (describe.num_layers, 2, describe.block_size, describe.num_kv_heads,
@@ -46,7 +48,17 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
 
     def Tokenize(self, request, context):
         self.check_ready()
-        return generation_pb2.TokenizeResponse(ids=self.tokenizer.encode(request.text).ids)
+        is_special_added = not request.HasField("add_special_tokens") or request.add_special_tokens
+        return generation_pb2.TokenizeResponse(
+            ids=self.tokenizer.encode(request.text, add_special_tokens=is_special_added).ids)
+
+    def Detokenize(self, request, context):
+        self.check_ready()
+        ids = list(request.ids)
+        check_token_ids("ids", ids, self.limits)
+        pieces = [self.tokenizer.decode([token_id], skip_special_tokens=False) for token_id in ids]
+        return generation_pb2.DetokenizeResponse(
+            text=self.tokenizer.decode(ids, skip_special_tokens=False), pieces=pieces)
 
     def GetModelInfo(self, request, context):
         self.check_ready()
@@ -54,7 +66,7 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
         return generation_pb2.ModelInfo(
             model_id=d.model_id, architecture=d.architecture, dtype=d.dtype, device=d.device,
             vocab_size=d.vocab_size, max_model_len=d.max_model_len, block_size=d.block_size,
-            eos_token_ids=d.eos_token_ids)
+            eos_token_ids=d.eos_token_ids, **self.chat_files._asdict())
 
     def GetStats(self, request, context):
         self.check_ready()

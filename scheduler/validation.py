@@ -36,18 +36,23 @@ def prompt_token_ids(request: generation_pb2.GenerateRequest, tokenizer: Tokeniz
                      limits: ModelLimits) -> list[int]:
     kind = request.WhichOneof("input")
     if kind == "text":
-        ids = tokenizer.encode(request.text).ids if request.text else []
+        is_special_added = not request.HasField("add_special_tokens") or request.add_special_tokens
+        ids = tokenizer.encode(request.text, add_special_tokens=is_special_added).ids if request.text else []
     elif kind == "tokens":
         ids = list(request.tokens.ids)
-        for index, token_id in enumerate(ids):
-            if token_id >= limits.vocab_size:
-                raise InvalidArgument(f"tokens.ids[{index}] = {token_id} is not a token of this "
-                                      f"model: ids must be < vocab_size {limits.vocab_size}")
+        check_token_ids("tokens.ids", ids, limits)
     else:
         raise InvalidArgument("the prompt is missing: set `text` or `tokens`")
     if not ids:
         raise InvalidArgument("the prompt is empty: give at least one character or token id")
     return ids
+
+
+def check_token_ids(name: str, ids: list[int], limits: ModelLimits) -> None:
+    for index, token_id in enumerate(ids):
+        if token_id >= limits.vocab_size:
+            raise InvalidArgument(f"{name}[{index}] = {token_id} is not a token of this "
+                                  f"model: ids must be < vocab_size {limits.vocab_size}")
 
 
 def check_sizes(request: generation_pb2.GenerateRequest) -> None:

@@ -3,12 +3,14 @@
     strata up [--model DIR]   kvstore + executor + scheduler on unix sockets in a private 0700
                               temp dir, the public API on --host:--port; children restarted
                               when they die. A per-run internal token (a 0600 file in that dir)
-                              guards the executor's and the kvstore's sockets
+                              guards the executor's and the kvstore's sockets; the OpenAI
+                              HTTP gateway on --http-host:--http-port (0: none)
     strata demo               the same on the built-in model, one streamed completion, then stop
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import shutil
@@ -17,6 +19,7 @@ import socket
 import sys
 import tempfile
 import threading
+import urllib.request
 from pathlib import Path
 from typing import Callable
 
@@ -45,6 +48,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, help="save_pretrained directory (default: built-in model)")
     parser.add_argument("--host", default="127.0.0.1", help="public API bind address")
     parser.add_argument("--port", type=int, default=50051)
+    parser.add_argument("--http-host", default="127.0.0.1",
+                        help="OpenAI-compatible HTTP API bind address (`strata gateway`)")
+    parser.add_argument("--http-port", type=int, default=8000,
+                        help="OpenAI-compatible HTTP API port; 0 turns the gateway off "
+                             "(an API key comes from $STRATA_API_KEY)")
+    parser.add_argument("--model-name", default=None,
+                        help="the model name HTTP clients send (default: the model id)")
     pool = parser.add_mutually_exclusive_group()
     pool.add_argument("--num-device-blocks", type=int, help="KV blocks (default: from free memory)")
     pool.add_argument("--kv-cache-memory", metavar="SIZE", type=parse_size,
@@ -104,6 +114,8 @@ def child_specs(args: argparse.Namespace, run_dir: Path) -> list[ChildSpec]:
         ChildSpec("executor", executor, executor_socket, "strata.v1.Executor"),
         ChildSpec("scheduler", scheduler, f"{args.host}:{args.port}", "strata.v1.Generation", 120.0),
     ]
+    if args.http_port:
+        children.append(gateway_spec(args))
     if args.no_prefix_caching:
         scheduler.append("--no-prefix-caching")
     if not args.no_kvstore and not args.no_prefix_caching:
@@ -112,6 +124,30 @@ def child_specs(args: argparse.Namespace, run_dir: Path) -> list[ChildSpec]:
         children.insert(0, ChildSpec("kvstore", kvstore_argv(args, kvstore_socket, token_file),
                                      kvstore_socket, "strata.v1.KVStore", 60.0, remove_dead_kvstore_arenas))
     return children
+
+
+def gateway_spec(args: argparse.Namespace) -> ChildSpec:
+    """The HTTP gateway, last: a client of the scheduler's public API (its key, if any, comes
+    from the environment the child inherits, not from argv where `ps` shows it)."""
+    argv = ["gateway", "--scheduler", f"{client_host(args.host)}:{args.port}",
+            "--host", args.http_host, "--port", str(args.http_port)]
+    if args.model_name:
+        argv += ["--model-name", args.model_name]
+    url = f"http://{client_host(args.http_host)}:{args.http_port}/health"
+    return ChildSpec("gateway", argv, url, "", 60.0, ready_probe=functools.partial(is_http_ready, url))
+
+
+def client_host(bind_host: str) -> str:
+    """Where a local client reaches a server bound to bind_host (a wildcard bind: loopback)."""
+    return "127.0.0.1" if bind_host in ("0.0.0.0", "::", "") else bind_host
+
+
+def is_http_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as reply:
+            return reply.status == 200
+    except (OSError, ValueError):
+        return False
 
 
 def remove_dead_kvstore_arenas(pid: int) -> None:
@@ -146,6 +182,8 @@ def serve(args: argparse.Namespace, on_ready: Callable[[str, threading.Event, Su
         supervisor.start(child_specs(args, run_dir), stop.is_set)
         address = f"{args.host}:{args.port}"
         print(f"strata serving on {address}", flush=True)
+        if args.http_port:
+            print(f"OpenAI-compatible API on http://{args.http_host}:{args.http_port}/v1", flush=True)
         return on_ready(address, stop, supervisor)
     except RuntimeError as error:
         log.error("%s", error)
@@ -178,7 +216,7 @@ def demo_main(argv: list[str]) -> int:
     parser = build_parser("strata demo")
     parser.add_argument("--prompt", default=DEMO_PROMPT)
     parser.add_argument("--max-tokens", type=int, default=48)
-    parser.set_defaults(port=0)
+    parser.set_defaults(port=0, http_port=0)
     args = parser.parse_args(argv)
     args.port = args.port or free_port()
 

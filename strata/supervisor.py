@@ -39,7 +39,7 @@ LOG_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ")   # runtime.logs'
 
 @dataclass(slots=True)
 class ChildSpec:
-    name: str                 # "executor", "scheduler" (later: "kvstore")
+    name: str                 # "kvstore", "executor", "scheduler", "gateway"
     argv: list[str]           # arguments after `strata`
     health_target: str        # where its grpc.health.v1 answers
     ready_service: str        # readiness service name, e.g. "strata.v1.Executor"
@@ -47,6 +47,13 @@ class ChildSpec:
     # Called with the pid of a child that exited, once it is reaped (e.g. remove a dead
     # kvstore's arena files, whose RAM tmpfs keeps until they are unlinked).
     on_exit: Callable[[int], None] | None = None
+    # Readiness for a child that is not a gRPC server (the HTTP gateway); None: grpc.health.v1.
+    ready_probe: Callable[[], bool] | None = None
+
+    def check_ready(self) -> bool:
+        if self.ready_probe is not None:
+            return self.ready_probe()
+        return is_ready(self.health_target, self.ready_service)
 
 
 @dataclass(slots=True)
@@ -96,7 +103,7 @@ class Supervisor:
     def _wait_ready(self, child: Child, should_stop) -> None:
         started = time.monotonic()
         deadline, next_progress = started + child.spec.ready_timeout_s, started + FIRST_PROGRESS_SECONDS
-        while not is_ready(child.spec.health_target, child.spec.ready_service):
+        while not child.spec.check_ready():
             now = time.monotonic()
             if child.process.poll() is not None:
                 self._restart_while_starting(child, should_stop)

@@ -136,7 +136,8 @@ def start_up(args: list[str], timeout_s: float = 180) -> Iterator[Server]:
     """`strata up ARGS` as one process (it starts and supervises its own children)."""
     run_dir = Path(tempfile.mkdtemp(prefix="st"))
     port = free_port()
-    process = spawn(["up", "--port", str(port), *EXACT_DTYPE, *args], run_dir / "up.log")
+    # No HTTP gateway unless the test asks for one (a later --http-port wins).
+    process = spawn(["up", "--port", str(port), "--http-port", "0", *EXACT_DTYPE, *args], run_dir / "up.log")
     try:
         channel = wait_ready(f"127.0.0.1:{port}", [process], run_dir, timeout_s)
         yield Server(f"127.0.0.1:{port}", channel, generation_pb2_grpc.GenerationStub(channel),

@@ -12,11 +12,11 @@ def test_child_argv_carry_the_kv_dtype_and_the_no_reuse_baseline(tmp_path):
         return {spec.name: spec.argv for spec in child_specs(args, tmp_path)}
 
     default = specs()
-    assert list(default) == ["kvstore", "executor", "scheduler"]
+    assert list(default) == ["kvstore", "executor", "scheduler", "gateway"]
     assert default["executor"][default["executor"].index("--kv-cache-dtype") + 1] == "auto"
     assert "--kvstore" in default["scheduler"] and "--no-prefix-caching" not in default["scheduler"]
     baseline = specs("--no-prefix-caching", "--kv-cache-dtype", "float16")
-    assert list(baseline) == ["executor", "scheduler"]   # no reuse: no kvstore either
+    assert list(baseline) == ["executor", "scheduler", "gateway"]   # no reuse: no kvstore either
     assert "--no-prefix-caching" in baseline["scheduler"] and "--kvstore" not in baseline["scheduler"]
     assert baseline["executor"][baseline["executor"].index("--kv-cache-dtype") + 1] == "float16"
 
@@ -60,3 +60,20 @@ def test_every_child_gets_the_runs_token_file_and_the_executor_maps_only_the_kvs
     assert value("scheduler", "--internal-token-file") == token_file
     assert value("executor", "--arena-dir") == value("kvstore", "--shm-dir")
     assert not any("--insecure" in child for child in argv.values())
+
+
+def test_the_gateway_child_reaches_the_scheduler_on_loopback_and_http_port_0_turns_it_off(tmp_path):
+    from strata.launcher import build_parser, child_specs
+
+    def gateway_argv(*flags: str) -> list[str] | None:
+        args = build_parser("strata up").parse_args(["--data-dir", str(tmp_path), *flags])
+        args.data_dir = tmp_path
+        return next((spec.argv for spec in child_specs(args, tmp_path) if spec.name == "gateway"), None)
+
+    assert gateway_argv() == ["gateway", "--scheduler", "127.0.0.1:50051", "--host", "127.0.0.1",
+                              "--port", "8000"]
+    assert gateway_argv("--host", "0.0.0.0", "--port", "6000", "--http-host", "10.0.0.5", "--http-port",
+                        "9000", "--model-name", "m") == [
+        "gateway", "--scheduler", "127.0.0.1:6000", "--host", "10.0.0.5", "--port", "9000",
+        "--model-name", "m"]
+    assert gateway_argv("--http-port", "0") is None

@@ -42,7 +42,7 @@ def test_an_executor_killed_while_loading_is_started_again_and_serves_the_right_
     run_dir = Path(tempfile.mkdtemp(prefix="st"))
     port = free_port()
     up_log, executor_log = run_dir / "up.log", run_dir / "data" / "logs" / "executor.log"
-    process = spawn(["up", "--port", str(port), *EXACT_DTYPE, "--model", str(llama_dir),
+    process = spawn(["up", "--http-port", "0", "--port", str(port), *EXACT_DTYPE, "--model", str(llama_dir),
                      "--num-device-blocks", "64", "--data-dir", str(run_dir / "data"),
                      "--kvstore-ram", "64MiB"], up_log)
     try:
@@ -72,7 +72,7 @@ def test_an_executor_killed_while_loading_is_started_again_and_serves_the_right_
 def test_an_executor_that_cannot_start_ends_the_start_at_once(tmp_path):
     up_log = tmp_path / "up.log"
     started = time.monotonic()
-    process = spawn(["up", "--port", str(free_port()), "--model", str(tmp_path / "no-such-model"),
+    process = spawn(["up", "--http-port", "0", "--port", str(free_port()), "--model", str(tmp_path / "no-such-model"),
                      "--data-dir", str(tmp_path / "data"), "--no-kvstore"], up_log)
     assert process.wait(timeout=120) == 1
     log_text = read(up_log)
@@ -88,7 +88,7 @@ def test_a_killed_kvstores_arena_is_removed_by_the_launcher(llama_dir):
     run_dir = Path(tempfile.mkdtemp(prefix="st"))
     port = free_port()
     up_log = run_dir / "up.log"
-    process = spawn(["up", "--port", str(port), *EXACT_DTYPE, "--model", str(llama_dir),
+    process = spawn(["up", "--http-port", "0", "--port", str(port), *EXACT_DTYPE, "--model", str(llama_dir),
                      "--num-device-blocks", "64", "--data-dir", str(run_dir / "data"),
                      "--kvstore-ram", "64MiB"], up_log)
     try:
