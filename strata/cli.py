@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     "up": ("strata.launcher", "start all daemons on this machine and serve"),
     "demo": ("strata.launcher", "start all daemons, stream one completion, stop"),
     "generate": ("strata.client", "stream a completion from a running server"),
+    "metrics": ("strata.metrics", "print a running server's Prometheus metrics"),
     "scheduler": ("scheduler.daemon", "run the scheduler daemon alone"),
     "executor": ("executor.daemon", "run the executor daemon alone"),
     "kvstore": ("kvstore.daemon", "run the kvstore daemon alone"),

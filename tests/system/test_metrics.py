@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from greedy_parity import generate_tokens
 from protos.v1 import generation_pb2
 from servers import start_daemons
+from strata.metrics import main as strata_metrics
 
 pytestmark = pytest.mark.system
 
@@ -29,7 +30,7 @@ def ram(name: str) -> tuple:
     return (name, (("tier", "ram"),))
 
 
-def test_get_metrics_counts_a_known_workload_and_ram_tier_loads(llama_dir):
+def test_get_metrics_counts_a_known_workload_and_ram_tier_loads(llama_dir, capsys):
     with start_daemons(llama_dir, num_device_blocks=POOL_BLOCKS, block_size=BLOCK,
                        kvstore_args=("--ram", "32MiB"),
                        scheduler_args=("--load-policy", "always")) as server:
@@ -65,6 +66,8 @@ def test_get_metrics_counts_a_known_workload_and_ram_tier_loads(llama_dir):
         assert metrics[ram("strata:kv_tier_store_bytes_total")] == ram_stats.bytes_stored > 0
         assert metrics[ram("strata:kvstore_hits_total")] >= 4       # the kvstore's own count
         assert metrics[ram("strata:kvstore_pages")] > 0
+        assert strata_metrics(["--server", server.address]) == 0   # `strata metrics` prints it
+        assert f"strata:generation_tokens_total {35 + 7 * MAX_TOKENS:.1f}\n" in capsys.readouterr().out
 
         server.processes[0].send_signal(signal.SIGKILL)   # the kvstore
         server.processes[0].wait(timeout=10)
