@@ -48,10 +48,9 @@ class SchedulerMetrics:
         """scheduler: its state is collected at scrape time (None: events only)."""
         self.registry = registry = CollectorRegistry()
         self.block_size = scheduler.config.block_size if scheduler is not None else 0
-        self.prompt_tokens = Counter(PREFIX + "prompt_tokens", "Prompt tokens of requests that "
-                                     "produced their first token.", registry=registry)
-        self.generation_tokens = Counter(PREFIX + "generation_tokens", "Tokens generated.",
-                                         registry=registry)
+        # Plain ints the engine thread adds to (once per output: no lock), read at scrape time.
+        self.num_prompt_tokens = 0
+        self.num_generation_tokens = 0
         success = Counter(PREFIX + "request_success", "Finished requests, by the finish reason "
                           "their client saw.", ["finished_reason"], registry=registry)
         self.request_success = {reason.value: success.labels(reason.value) for reason in FinishReason}
@@ -68,6 +67,7 @@ class SchedulerMetrics:
             PREFIX + "request_queue_time_seconds", "Arrival to first admission (running or "
             "loading).", buckets=REQUEST_BUCKETS, registry=registry)
         self._init_tier_metrics(registry)
+        registry.register(TokenCollector(self))
         if scheduler is not None:
             registry.register(SchedulerCollector(scheduler))
 
@@ -105,11 +105,11 @@ class SchedulerMetrics:
         engine's reason (a stop string found after the final output was dispatched is missed)."""
         times = request.times
         if output.token_ids:
-            self.generation_tokens.inc(len(output.token_ids))
+            self.num_generation_tokens += len(output.token_ids)
             if times.first_token is None:
                 times.first_token = now
                 self.time_to_first_token.observe(now - times.arrival)
-                self.prompt_tokens.inc(request.num_prompt_tokens)
+                self.num_prompt_tokens += request.num_prompt_tokens
             else:
                 self.inter_token_latency.observe(now - times.last_token)
             times.last_token = now
@@ -133,6 +133,19 @@ class SchedulerMetrics:
     def text(self) -> str:
         """Prometheus text format 0.0.4 of this registry."""
         return generate_latest(self.registry).decode()
+
+
+class TokenCollector:
+    """The token counters of SchedulerMetrics (ints: a torn read is one output stale)."""
+
+    def __init__(self, metrics: SchedulerMetrics):
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(PREFIX + "prompt_tokens", "Prompt tokens of requests that "
+                                  "produced their first token.", value=self.metrics.num_prompt_tokens)
+        yield CounterMetricFamily(PREFIX + "generation_tokens", "Tokens generated.",
+                                  value=self.metrics.num_generation_tokens)
 
 
 class SchedulerCollector:
