@@ -45,9 +45,10 @@ class StoreCollector:
 
 def tier_gauges(stats: StoreStats) -> list[GaugeMetricFamily]:
     pages = GaugeMetricFamily(PREFIX + "pages", "Pages held now, per tier.", labels=["tier"])
-    held = GaugeMetricFamily(PREFIX + "bytes", "Bytes of pages held now, per tier.", labels=["tier"])
-    capacity = GaugeMetricFamily(PREFIX + "capacity_bytes",
-                                 "Capacity in bytes (0: unlimited or not configured).", labels=["tier"])
+    held = GaugeMetricFamily(PREFIX + "bytes", "Bytes of pages held now, per tier.",
+                             labels=["tier"])
+    capacity = GaugeMetricFamily(PREFIX + "capacity_bytes", "Capacity in bytes (0: unlimited or "
+                                 "not configured).", labels=["tier"])
     for tier in stats.tiers:
         name = [tier.tier.name.lower()]
         pages.add_metric(name, tier.num_pages)

@@ -1,13 +1,14 @@
 """The scheduler's Prometheus metrics (Generation.GetMetrics): vLLM's names under `strata:`.
 
-Two kinds, so nothing is counted twice:
+Two kinds:
 
     state    what the Scheduler already keeps (queue lengths, the block pool, SchedulerCounters)
-             is read at scrape time by SchedulerCollector, on the handler thread
-    events   what nothing else counts (tokens, finished requests by reason, latencies, page
-             loads and stores by tier) is observed where it happens: the engine thread calls the
-             observe_* methods, a few prometheus_client calls per step and per request and no
-             lock of ours
+             is read at scrape time by SchedulerCollector, on the handler thread: not counted twice
+    events   the rest (tokens, finished requests by reason, latencies, page loads and stores by
+             tier) is observed where it happens: the engine thread calls the observe_* methods,
+             a few prometheus_client calls per step and per request and no lock of ours. Token
+             counts are plain ints (TokenCollector); page loads and stores are observed in the
+             same OffloadStats call that counts them for GetStats, so the two never disagree
 
 Each Scheduler has its own CollectorRegistry (never prometheus_client's global one), so two
 schedulers in one process (tests) never share a series. Times are time.monotonic() seconds.
@@ -53,7 +54,8 @@ class SchedulerMetrics:
         self.num_generation_tokens = 0
         success = Counter(PREFIX + "request_success", "Finished requests, by the finish reason "
                           "their client saw.", ["finished_reason"], registry=registry)
-        self.request_success = {reason.value: success.labels(reason.value) for reason in FinishReason}
+        self.request_success = {reason.value: success.labels(reason.value)
+                                for reason in FinishReason}
         self.time_to_first_token = Histogram(
             PREFIX + "time_to_first_token_seconds", "Arrival to first token.",
             buckets=TTFT_BUCKETS, registry=registry)
@@ -73,7 +75,8 @@ class SchedulerMetrics:
 
     def _init_tier_metrics(self, registry: CollectorRegistry) -> None:
         cached = Counter(PREFIX + "cached_tokens", "Prompt tokens whose KV was reused, by the tier "
-                         "it came from (device: prefix hits at admission).", ["tier"], registry=registry)
+                         "it came from (device: prefix hits at admission).", ["tier"],
+                         registry=registry)
         loaded = Counter(PREFIX + "kv_tier_load_bytes", "Bytes loaded into the device pool, by "
                          "source tier.", ["tier"], registry=registry)
         stored = Counter(PREFIX + "kv_tier_store_bytes", "Bytes stored from the device pool, by "
@@ -143,7 +146,8 @@ class TokenCollector:
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(PREFIX + "prompt_tokens", "Prompt tokens of requests that "
-                                  "produced their first token.", value=self.metrics.num_prompt_tokens)
+                                  "produced their first token.",
+                                  value=self.metrics.num_prompt_tokens)
         yield CounterMetricFamily(PREFIX + "generation_tokens", "Tokens generated.",
                                   value=self.metrics.num_generation_tokens)
 

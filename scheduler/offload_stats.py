@@ -30,8 +30,8 @@ class OffloadStats:
             if tier in self.num_hits:
                 self.num_hits[tier] += 1
         self.load_seconds.append(seconds)
-        self.metrics.observe_kv_load([TIER_NAMES[t] for t in tiers if t in TIER_NAMES], self.page_bytes,
-                                    seconds)
+        names = [TIER_NAMES[tier] for tier in tiers if tier in TIER_NAMES]
+        self.metrics.observe_kv_load(names, self.page_bytes, seconds)
 
     def on_store(self, num_pages: int, seconds: float) -> None:
         self.num_stored += num_pages
