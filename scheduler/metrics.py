@@ -86,7 +86,7 @@ class SchedulerMetrics:
                                  buckets=KV_LOAD_BUCKETS, registry=registry)
         self.cached_tokens = {tier: cached.labels(tier) for tier in TIERS}
         self.kv_tier_load_bytes = {tier: loaded.labels(tier) for tier in TIERS[1:]}
-        self.kv_tier_store_bytes = {tier: stored.labels(tier) for tier in TIERS[1:]}
+        self.kv_tier_store_bytes = {"ram": stored.labels("ram")}   # the only tier stores land in
         self.kv_load_seconds = {tier: load_seconds.labels(tier) for tier in TIERS[1:]}
 
     # ---- engine thread -------------------------------------------------------------------
