@@ -122,10 +122,14 @@ class SchedulerMetrics:
             self.e2e_request_latency.observe(now - times.arrival)
 
     def observe_kv_load(self, tiers: list[str], page_bytes: int, seconds: float) -> None:
-        """One finished load: the source tier of each page usable now, slowest last."""
-        for tier in tiers:
-            self.cached_tokens[tier].inc(self.block_size)
-            self.kv_tier_load_bytes[tier].inc(page_bytes)
+        """One finished load: the source tier of each page now usable (its latency is filed
+        under the slowest of them)."""
+        num_pages = dict.fromkeys(tiers, 0)
+        for tier in tiers:   # ints first: two prometheus_client calls per tier, not per page
+            num_pages[tier] += 1
+        for tier, num in num_pages.items():
+            self.cached_tokens[tier].inc(num * self.block_size)
+            self.kv_tier_load_bytes[tier].inc(num * page_bytes)
         if tiers:
             self.kv_load_seconds[max(tiers, key=TIERS.index)].observe(seconds)
 
