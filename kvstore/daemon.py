@@ -8,6 +8,7 @@ import os
 import sys
 
 import grpc
+import prometheus_client
 
 from kvstore.disk import FsyncMode
 from kvstore.service import SERVICE_NAME, KVStoreService
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.token = kvstore_token(args)
     configure_logging()
+    prometheus_client.disable_created_metrics()   # as the scheduler's (scheduler/daemon.py)
     config = StoreConfig(ram_bytes=args.ram, shm_dir=args.shm_dir, disk_dir=args.disk,
                          disk_bytes=args.disk_size, fsync=FsyncMode(args.fsync),
                          is_write_through=args.write_through, lease_ttl_s=args.lease_ttl,

@@ -51,6 +51,7 @@ class DiskTier:
             with self.lock:
                 self.num_bytes -= num_bytes
                 self.counters.num_store_skips += 1
+                self.counters.num_io_errors += 1
                 if error.errno == errno.ENOSPC:
                     self._shrink_budget()
                     return False
@@ -120,6 +121,8 @@ class DiskTier:
         if isinstance(error, CorruptPage):
             log.warning("corrupt page %s deleted: %s", entry.key.hex()[:16], error)
             self.counters.num_corrupt += 1
+        else:   # the file vanished under the index
+            self.counters.num_io_errors += 1
         if entry.is_on_disk:
             self._drop(entry)
 

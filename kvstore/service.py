@@ -4,6 +4,7 @@ A KVStoreError (a runtime StatusError) becomes its gRPC status in the runtime's 
 for the streaming RPCs too; a bearer token, when configured, is checked by the runtime's token
 interceptor before any KVStore method runs.
 """
+from kvstore.metrics import make_registry, metrics_text
 from kvstore.store import Store, check_keys
 from protos.v1 import kvstore_pb2 as pb
 from protos.v1 import kvstore_pb2_grpc
@@ -14,6 +15,7 @@ SERVICE_NAME = "strata.v1.KVStore"
 class KVStoreService(kvstore_pb2_grpc.KVStoreServicer):
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.metrics = make_registry(store)
 
     def Register(self, request, context):
         result = self.store.register(request.namespace, request.page_bytes)
@@ -59,6 +61,10 @@ class KVStoreService(kvstore_pb2_grpc.KVStoreServicer):
                                   **_counters(t.counters)) for t in stats.tiers],
             num_leases=stats.num_leases, num_expired_leases=stats.num_expired_leases,
             num_namespaces=stats.num_namespaces)
+
+
+    def GetMetrics(self, request, context):
+        return pb.KVMetricsResponse(text=metrics_text(self.metrics))
 
 
 def _counters(counters) -> dict:

@@ -20,6 +20,7 @@ class TierCounters:
     bytes_out: int = 0
     num_store_skips: int = 0
     num_corrupt: int = 0
+    num_io_errors: int = 0
 
     def count_hit(self, num_bytes: int) -> None:
         self.num_hits += 1

@@ -107,5 +107,9 @@ class KVStoreClient:
     def stats(self, timeout_s: float | None = None) -> pb.StatsResponse:
         return self._call(self.stub.Stats, pb.StatsRequest(), timeout_s)
 
+    def metrics(self, timeout_s: float | None = None) -> str:
+        """The store's Prometheus text (format 0.0.4)."""
+        return self._call(self.stub.GetMetrics, pb.KVMetricsRequest(), timeout_s).text
+
     def close(self) -> None:
         self.channel.close()

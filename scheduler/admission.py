@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 class Admission(NamedTuple):
     block_ids: list[int]     # the table's prefix (device hits + blocks of loaded pages), held
     is_loading: bool         # wait in LOADING until its pages are in; else run now
+    num_device_hits: int     # block_ids[:num_device_hits] are device prefix hits
 
 
 def first_chunk(config: "SchedulerConfig", request: Request, num_computed_blocks: int,
@@ -60,7 +61,7 @@ def admit(config: "SchedulerConfig", pool: BlockPool, tiers: HostTiers, request:
         return None
     pool.acquire(hit_block_ids)
     if host_hit.num_blocks == 0:
-        return Admission(hit_block_ids, False)
+        return Admission(hit_block_ids, False, len(hit_block_ids))
     # Fewer pages may be leased than looked up: the table only shrinks, so it still fits.
     load = tiers.start_load(request, host_hit)
-    return Admission(hit_block_ids + load.block_ids, load.is_loading)
+    return Admission(hit_block_ids + load.block_ids, load.is_loading, len(hit_block_ids))

@@ -14,6 +14,7 @@ import os
 import threading
 from pathlib import Path
 
+import prometheus_client
 from tokenizers import Tokenizer
 
 from protos.v1 import generation_pb2, generation_pb2_grpc
@@ -161,6 +162,9 @@ class SchedulerDaemon:
 
 def main(argv: list[str]) -> int:
     configure_logging()
+    # A *_created series per counter doubles GetMetrics' text, and text format 0.0.4 has no
+    # place for it (Prometheus ingests it as one more gauge). Process-wide: the daemon's call.
+    prometheus_client.disable_created_metrics()
     args = parse_args(argv)
     read_tokens(args)
     daemon = SchedulerDaemon(args, stop_on_signals())

@@ -9,6 +9,7 @@ import functools
 import logging
 import queue
 import threading
+import time
 from typing import Callable, Protocol
 
 import grpc
@@ -158,13 +159,14 @@ class Engine:
         self.scheduler.preempt_all()
 
     def _dispatch(self, outputs: list[RequestOutput | None]) -> None:
-        streams = self.streams
+        streams, metrics, now = self.streams, self.scheduler.metrics, time.monotonic()
         for output in outputs:
             if output is None:
                 continue
             stream = streams.get(output.request_id)
             if stream is None:
                 continue
+            metrics.observe_output(stream.request, output, stream.is_stop_string_found, now)
             stream.put(output)
             if output.is_final:
                 with self.lock:
@@ -183,3 +185,7 @@ class Engine:
             num_preemptions=counters.num_preemptions,
             num_finished_requests=counters.num_finished_requests,
             num_steps=counters.num_steps, is_integrity_ok=self.is_integrity_ok)
+
+    def metrics_text(self) -> str:
+        """GetMetrics: the scheduler's Prometheus text, then its kvstore's (asked now)."""
+        return self.scheduler.metrics.text() + self.scheduler.tiers.kvstore_metrics()

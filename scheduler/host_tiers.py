@@ -62,7 +62,8 @@ class ReadyLoad(NamedTuple):
 
 
 class HostTiers(ABC):
-    """Built over the Scheduler's block pool: `make_tiers(pool)`."""
+    """Built over the Scheduler's block pool and metrics: `make_tiers(pool, metrics=metrics)`
+    (the tiers observe their page loads and stores there)."""
 
     num_loading: int             # requests in LOADING (their pages are being copied in)
     has_moves_in_flight: bool    # moves taken for a plan (or queued for one) not reported yet
@@ -142,6 +143,11 @@ class HostTiers(ABC):
         """GetStats `tiers` (any thread)."""
 
     @abstractmethod
+    def kvstore_metrics(self) -> str:
+        """The kvstore's part of GetMetrics (Prometheus text, any thread): its metrics and
+        strata:kvstore_up; "" without a kvstore."""
+
+    @abstractmethod
     def close(self) -> None:
         """Stop the tiers' threads and connections (shutdown). Leases still open are left to the
         kvstore, which reclaims them after its lease TTL."""
@@ -153,7 +159,7 @@ class NullHostTiers(HostTiers):
     num_loading = 0
     has_moves_in_flight = False
 
-    def __init__(self, pool: BlockPool):
+    def __init__(self, pool: BlockPool, metrics=None):
         pass
 
     def begin_step(self) -> None:
@@ -191,6 +197,9 @@ class NullHostTiers(HostTiers):
 
     def tier_stats(self) -> list[generation_pb2.TierStats]:
         return []
+
+    def kvstore_metrics(self) -> str:
+        return ""
 
     def close(self) -> None:
         pass

@@ -169,3 +169,11 @@ class KVStoreLink:
             return self.client.stats(timeout_s=1.0)
         except grpc.RpcError:
             return None
+
+    def metrics_text(self) -> str | None:
+        """Any thread: the kvstore's Prometheus text; None when it does not answer (whether or not
+        the link is up: a scrape asks the store itself)."""
+        try:
+            return self.client.metrics(timeout_s=1.0)
+        except grpc.RpcError:
+            return None

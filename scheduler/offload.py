@@ -32,6 +32,7 @@ from scheduler.block_hash import extend_keys
 from scheduler.block_pool import BlockPool
 from scheduler.host_tiers import NO_HIT, HostHit, HostTiers, PageMoves, ReadyLoad, StartedLoad
 from scheduler.kv_link import KVStoreLink
+from scheduler.metrics import SchedulerMetrics, kvstore_text
 from scheduler.offload_moves import Loading, MoveLedger, Storing
 from scheduler.offload_policy import LoadPolicy, Prefetcher
 from scheduler.offload_stats import OffloadStats
@@ -54,14 +55,16 @@ class OffloadConfig:
 
 class KVStoreTiers(HostTiers):
     def __init__(self, pool: BlockPool, link: KVStoreLink, block_size: int, page_bytes: int,
-                 map_arena: Callable[[ArenaLayout], bool], config: OffloadConfig | None = None):
-        """map_arena: asks the executor to map a kvstore arena (engine thread); False on failure."""
+                 map_arena: Callable[[ArenaLayout], bool], config: OffloadConfig | None = None,
+                 metrics: SchedulerMetrics | None = None):
+        """map_arena: asks the executor to map a kvstore arena (engine thread); False on failure.
+        metrics: the scheduler's (None: a private one nobody reads)."""
         self.pool, self.link, self.block_size = pool, link, block_size
         self.map_arena = map_arena
         self.config = config or OffloadConfig()
         self.policy = LoadPolicy(page_bytes, block_size, self.config.is_always_load)
         self.prefetcher = Prefetcher(link)
-        self.stats = OffloadStats(page_bytes)
+        self.stats = OffloadStats(page_bytes, metrics or SchedulerMetrics())
         self.stores = StoreQueue(pool, self.config.max_store_queue)
         self.moves = MoveLedger()
         self.loading: dict[str, Loading] = {}
@@ -247,3 +250,6 @@ class KVStoreTiers(HostTiers):
 
     def tier_stats(self) -> list:
         return self.stats.tier_stats(self.link.stats())
+
+    def kvstore_metrics(self) -> str:
+        return kvstore_text(self.link.metrics_text())

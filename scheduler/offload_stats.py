@@ -6,6 +6,7 @@ from collections import deque
 
 from protos.v1 import generation_pb2
 from protos.v1 import kvstore_pb2 as pb
+from scheduler.metrics import SchedulerMetrics
 
 TIER_NAMES = {pb.TIER_RAM: "ram", pb.TIER_DISK: "disk", pb.TIER_REMOTE: "remote"}
 LATENCY_WINDOW = 512
@@ -14,8 +15,10 @@ LATENCY_WINDOW = 512
 class OffloadStats:
     """Engine thread writes, handler threads read (ints and deques: a torn read is harmless)."""
 
-    def __init__(self, page_bytes: int):
+    def __init__(self, page_bytes: int, metrics: SchedulerMetrics):
+        """metrics: each load and store is observed there too (its Prometheus series)."""
         self.page_bytes = page_bytes
+        self.metrics = metrics
         self.num_hits = {tier: 0 for tier in TIER_NAMES}     # pages loaded, by source tier
         self.num_lookup_pages = 0    # full blocks past the device hit asked of the kvstore
         self.num_stored = 0
@@ -27,10 +30,13 @@ class OffloadStats:
             if tier in self.num_hits:
                 self.num_hits[tier] += 1
         self.load_seconds.append(seconds)
+        names = [TIER_NAMES[tier] for tier in tiers if tier in TIER_NAMES]
+        self.metrics.observe_kv_load(names, self.page_bytes, seconds)
 
     def on_store(self, num_pages: int, seconds: float) -> None:
         self.num_stored += num_pages
         self.store_seconds.append(seconds)
+        self.metrics.observe_kv_store(num_pages, self.page_bytes)
 
     def tier_stats(self, kvstore: pb.StatsResponse | None) -> list[generation_pb2.TierStats]:
         """One entry per tier: pages loaded from it (hits), pages looked up that it did not supply

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 
 from protos.v1 import common_pb2
@@ -30,6 +31,15 @@ class StopCriteria:
 
 
 @dataclass(slots=True)
+class RequestTimes:
+    """time.monotonic() of a request's milestones, for the latency histograms (metrics.py)."""
+    arrival: float = field(default_factory=time.monotonic)
+    first_scheduled: float | None = None
+    first_token: float | None = None
+    last_token: float = 0.0
+
+
+@dataclass(slots=True)
 class Request:
     request_id: str
     prompt_token_ids: list[int]
@@ -54,6 +64,7 @@ class Request:
     num_preemptions: int = 0
     num_failed_steps: int = 0         # executor steps that failed (not rejected) while it ran
     is_prefetched: bool = False       # its kvstore pages were asked into RAM while it waited
+    times: RequestTimes = field(default_factory=RequestTimes)
 
     def __post_init__(self) -> None:
         if not self.token_ids:

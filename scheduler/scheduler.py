@@ -20,6 +20,7 @@ from scheduler.block_hash import extend_keys
 from scheduler.admission import admit, first_chunk
 from scheduler.block_pool import BlockPool, num_blocks_for
 from scheduler.host_tiers import HostTiers, NullHostTiers
+from scheduler.metrics import SchedulerMetrics
 from scheduler.outputs import RequestOutput, make_output
 from scheduler.request import FinishReason, Request, RequestStatus
 from scheduler.step_plan import ScheduledRequest, Step, build_plan
@@ -52,12 +53,13 @@ class SchedulerCounters:
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig,
-                 make_tiers: Callable[[BlockPool], HostTiers] = NullHostTiers):
-        """make_tiers: the host tiers over this scheduler's block pool (host_tiers.py); the
-        default has none: the device prefix cache alone."""
+                 make_tiers: Callable[..., HostTiers] = NullHostTiers):
+        """make_tiers(pool, metrics=): the host tiers over this scheduler's block pool and
+        metrics (host_tiers.py); the default has none: the device prefix cache alone."""
         self.config = config
         self.pool = BlockPool(config.num_blocks)
-        self.tiers = make_tiers(self.pool)
+        self.metrics = SchedulerMetrics(self)
+        self.tiers = make_tiers(self.pool, metrics=self.metrics)
         self.requests: dict[str, Request] = {}
         self.waiting: list[tuple[tuple[int, int], Request]] = []   # heap by sort_key
         self.running: list[Request] = []        # sorted by sort_key when is_running_sorted
@@ -166,6 +168,8 @@ class Scheduler:
             heapq.heappop(self.waiting)
             self.num_waiting -= 1
             request.block_ids = admission.block_ids
+            self.metrics.observe_scheduled(request)
+            self.metrics.observe_device_hits(admission.num_device_hits)
             if admission.is_loading:
                 request.status = RequestStatus.LOADING
                 continue   # starts running once its pages are in (apply)

@@ -82,3 +82,7 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
                                    message.cache_salt)
         return Request(message.request_id or uuid.uuid4().hex, prompt, message.sampling,
                        stopping, namespace, next(self.arrivals), message.priority)
+
+    def GetMetrics(self, request, context):
+        self.check_ready()
+        return generation_pb2.GetMetricsResponse(text=self.engine.metrics_text())

@@ -39,6 +39,11 @@ class RequestStream:
         self.on_stop_string = on_stop_string
         self.num_output_tokens = 0
 
+    @property
+    def is_stop_string_found(self) -> bool:
+        """Any thread: the handler found a stop string (the client's finish reason is STOP)."""
+        return self.text_stream.is_stopped
+
     def put(self, output: RequestOutput) -> None:
         """Engine thread: hand over one output (thread-safe)."""
         self.outputs.put(output)

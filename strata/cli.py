@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "demo": ("strata.launcher", "start all daemons, stream one completion, stop"),
     "generate": ("strata.client", "stream a completion from a running server"),
     "gateway": ("strata.gateway.server", "serve the OpenAI-compatible HTTP API in front of a scheduler"),
+    "metrics": ("strata.metrics", "print a running server's Prometheus metrics"),
     "scheduler": ("scheduler.daemon", "run the scheduler daemon alone"),
     "executor": ("executor.daemon", "run the executor daemon alone"),
     "kvstore": ("kvstore.daemon", "run the kvstore daemon alone"),

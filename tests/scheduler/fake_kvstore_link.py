@@ -29,6 +29,7 @@ class FakeKVStoreLink:
         self.next_slot = FIRST_SLOT
         self.num_reconnects = 0
         self.is_closed = False
+        self.metrics: str | None = None
 
     def put(self, keys: list[bytes], tier: int = pb.TIER_RAM) -> None:
         for key in keys:
@@ -96,6 +97,10 @@ class FakeKVStoreLink:
 
     def stats(self) -> pb.StatsResponse | None:
         return None
+
+    def metrics_text(self) -> str | None:
+        """What the kvstore's GetMetrics answers: `metrics`, a test sets it (None: no answer)."""
+        return self.metrics
 
     # ---- helpers -------------------------------------------------------------------------
     def _leading_present(self, keys: list[bytes]) -> list[bytes]:
