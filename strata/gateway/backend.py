@@ -45,6 +45,10 @@ class Backend:
     async def stats(self) -> generation_pb2.Stats:
         return await self.unary(self.stub.GetStats, generation_pb2.GetStatsRequest())
 
+    async def metrics_text(self) -> str:
+        """The scheduler's and its kvstore's Prometheus text (GetMetrics)."""
+        return (await self.unary(self.stub.GetMetrics, generation_pb2.GetMetricsRequest())).text
+
     @staticmethod
     async def unary(method, request):
         try:

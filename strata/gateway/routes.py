@@ -1,5 +1,5 @@
 """The endpoints: OpenAI's /v1/completions, /v1/chat/completions, /v1/models; vLLM's /tokenize,
-/detokenize; /health and /version. Each maps its body to GenerateRequests (mapping.py) and
+/detokenize; /health, /version and /metrics (Prometheus). Each maps its body to GenerateRequests (mapping.py) and
 hands the calls to completions.py."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import importlib.metadata
 import time
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from strata.gateway import completions, mapping
 from strata.gateway.backend import Backend, FanOut
@@ -54,6 +54,13 @@ def open_routes() -> APIRouter:
     @router.get("/version")
     async def version():
         return {"version": strata_version()}
+
+    @router.get("/metrics")
+    async def metrics(request: Request):
+        """One scrape for the whole server: the scheduler's metrics and its kvstore's. Open, as
+        vLLM's /metrics and /health (a scraper holds no API key)."""
+        text = await backend_of(request).metrics_text()
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return router
 

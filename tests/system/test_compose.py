@@ -74,7 +74,8 @@ def listen_port(services: dict, name: str) -> str:
 
 
 def test_three_services_from_one_image_built_here(services):
-    assert set(services) == {*SERVICES, "token"}   # the daemons and their one-shot token writer
+    # The daemons, their one-shot token writer and the HTTP gateway.
+    assert set(services) == {*SERVICES, "token", "gateway"}
     for service in services.values():
         assert service["image"] == "strata:local"
         assert service["build"]["context"] == "."
@@ -154,6 +155,19 @@ def test_scheduler_alone_is_published_and_starts_after_healthy_daemons(services)
     # The scheduler reads the tokenizer from the executor's model path: same mount, same path.
     models_mount, = (volume for volume in services["executor"]["volumes"] if ":/models" in volume)
     assert models_mount in services["scheduler"]["volumes"]
+
+
+def test_gateway_serves_the_scheduler_on_loopback_once_it_is_healthy(services):
+    from strata.gateway.server import parse_args as gateway_args
+
+    gateway = services["gateway"]
+    args = gateway_args([interpolate(arg) for arg in gateway["command"][1:]])
+    assert gateway["command"][0] == "gateway"
+    assert (args.scheduler, args.host, args.port) == (f"scheduler:{listen_port(services, 'scheduler')}", "0.0.0.0", 8000)
+    assert args.model_name == DEFAULT_MODEL_NAME
+    assert [interpolate(port) for port in gateway["ports"]] == ["127.0.0.1:8000:8000"]
+    assert gateway["depends_on"] == {"scheduler": {"condition": "service_healthy"}}
+    assert gateway["environment"] == {"STRATA_API_KEY": "${STRATA_API_KEY:-}"}
 
 
 @pytest.mark.parametrize("name", SERVICES)

@@ -1,7 +1,8 @@
 """compose.yaml for real: build the image with `./dev image` (what the README's compose section
 runs), `docker compose up` it under a Docker engine (tests/docker_engine.py), stream a greedy
 Generate from the published port and check its tokens against transformers on the image's own
-built-in model, check that the kvstore and the executor refuse calls without the internal token
+built-in model, stream an OpenAI chat completion from the gateway's published port (the same text
+as unstreamed, 8 tokens), check that the kvstore and the executor refuse calls without the internal token
 inside compose's network, that a kvstore killed by a signal comes back and the running executor
 maps its new arena (they share /dev/shm through a tmpfs volume), then `down -v` and check that nothing is left: no container, volume,
 network or /dev/shm arena.
@@ -103,6 +104,35 @@ def first_tokens(address: str, prompt: list[int], up: subprocess.Popen,
             time.sleep(1)
 
 
+def chat_texts(base_url: str) -> tuple[str, str]:
+    """The gateway's greedy chat completion of one message, streamed and not (openai client)."""
+    import openai
+
+    deadline = time.monotonic() + FIRST_TOKEN_TIMEOUT_S
+    while not gateway_is_up(base_url):
+        assert time.monotonic() < deadline, f"the gateway at {base_url} is not up"
+        time.sleep(1)
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused")
+    ask = dict(model="strata-tiny-random", messages=[{"role": "user", "content": "Hello there"}],
+               max_tokens=MAX_TOKENS, temperature=0, extra_body={"ignore_eos": True})
+    chunks = list(client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == MAX_TOKENS
+    whole = client.chat.completions.create(**ask)
+    assert whole.usage.completion_tokens == MAX_TOKENS
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), whole.choices[0].message.content
+
+
+def gateway_is_up(base_url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{base_url}/health", timeout=3) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
 def kill_kvstore(project_args: list[str], env: dict[str, str]) -> None:
     """kill -9 the kvstore container's process (as a crash; `docker kill` would count as a stop
     that no restart policy undoes), then wait until compose's restart policy has it healthy."""
@@ -152,10 +182,10 @@ def test_compose_up_streams_the_right_tokens_and_down_leaves_nothing(engine, tmp
     build_s = time.monotonic() - started
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-5000:]
 
-    project, port = f"stratatest{os.getpid()}", free_port()
+    project, port, http_port = f"stratatest{os.getpid()}", free_port(), free_port()
     # vfs copies the whole image for each new container: compose v1's 60 s per call is too short.
     env.update(STRATA_PORT=str(port), STRATA_KVSTORE_RAM="256MiB", STRATA_KVSTORE_SHM="512m",
-               STRATA_DTYPE="float32", COMPOSE_HTTP_TIMEOUT="600")
+               STRATA_DTYPE="float32", STRATA_HTTP_PORT=str(http_port), COMPOSE_HTTP_TIMEOUT="600")
     env.pop("STRATA_INTERNAL_TOKEN", None)   # the token service generates one
     project_args = [*compose, "-p", project, "-f", str(ROOT / "compose.yaml")]
     shm_before = set(os.listdir("/dev/shm"))
@@ -169,6 +199,9 @@ def test_compose_up_streams_the_right_tokens_and_down_leaves_nothing(engine, tmp
         assert up.returncode == 0, up_output
         expected = hf_greedy(load_hf_model(image_model(engine, tmp_path / "model")), prompt, MAX_TOKENS)
         assert (tokens, reason) == (expected, generation_pb2.FINISH_REASON_LENGTH)
+
+        streamed, whole = chat_texts(f"http://127.0.0.1:{http_port}")
+        assert streamed == whole and streamed
 
         probe = run([*project_args, "exec", "-T", "scheduler", "python", "-c", NO_TOKEN_PROBE], env)
         assert probe.stdout.split() == ["kvstore", "UNAUTHENTICATED", "executor", "UNAUTHENTICATED"], probe

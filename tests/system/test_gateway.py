@@ -233,3 +233,20 @@ def test_a_collected_request_whose_client_left_is_cancelled_too(server):
     wait_idle(server, timeout_s=3.0)   # 16 x 900 tokens, 4 at a time in 256 blocks: many seconds
     stats = server.stub.GetStats(generation_pb2.GetStatsRequest())
     assert stats.num_free_device_blocks == NUM_DEVICE_BLOCKS
+
+
+def test_metrics_is_one_open_scrape_of_the_scheduler(server, client):
+    """GET /metrics needs no key and returns the scheduler's Prometheus text: after a completion
+    of 5 tokens the generation counter has grown by exactly 5."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def generated() -> float:
+        reply = httpx.get(server.base_url + "/metrics", timeout=10)
+        assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
+        families = {family.name: family for family in text_string_to_metric_families(reply.text)}
+        return families["strata:generation_tokens"].samples[0].value
+
+    before = generated()
+    client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=5, temperature=0,
+                              extra_body={"ignore_eos": True})
+    assert generated() == before + 5
