@@ -76,3 +76,19 @@ def test_refused_requests_are_failures_with_the_message(gateway, llama_dir, tmp_
     assert code == 1
     assert (config["num_completed"], config["num_failed"]) == (0, 2)
     assert "HTTP 400" in config["errors"][0] and "no-such-model" in config["errors"][0]
+
+
+@pytest.mark.timeout(120)
+def test_gateway_overhead_alternates_both_sides_on_one_server(llama_dir, tmp_path):
+    from bench import gateway_overhead
+
+    out = tmp_path / "overhead.json"
+    code = gateway_overhead.main(["--model", str(llama_dir), "--num-prompts", "4", "--input-len", "8:16",
+                                  "--output-len", "4", "--alternations", "2", "--server-args",
+                                  "--dtype float32 --num-device-blocks 128", "--json", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    for side in ("grpc", "gateway"):
+        runs = result["sides"][side]["runs"]
+        assert [(r["num_completed"], r["num_output_tokens"]) for r in runs] == [(4, 16), (4, 16)]
+    assert result["throughput_ratio"] > 0 and "ttft_p50_difference_ms" in result
