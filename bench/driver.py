@@ -35,6 +35,7 @@ class SentRequest:
     max_tokens: int
     trace: RequestTrace
     output_ids: list[int] = field(default_factory=list)
+    output_text: str = ""   # from a server that streams text, not ids (bench.openai_client)
 
 
 @dataclass(slots=True)
@@ -110,7 +111,7 @@ class LoadGenerator:
     """One run of a workload against one server through `sender`. `on_request_done` is called
     once per request (the progress bar). `tag` makes request ids unique across runs."""
 
-    def __init__(self, sender: "Sender", max_concurrency: int | None, request_timeout_s: float,
+    def __init__(self, sender: Sender, max_concurrency: int | None, request_timeout_s: float,
                  on_request_done: Callable[[], None], tag: str):
         self.sender = sender
         self.limit = asyncio.Semaphore(max_concurrency) if max_concurrency else None

@@ -107,7 +107,6 @@ class OpenAISender:
         self.client = client
         self.endpoint = endpoint
         self.model = model
-        self.texts: dict[int, str] = {}   # id(SentRequest) -> its text, until its ids are filled
 
     async def send(self, request_id: str, request: SentRequest, timeout_s: float) -> None:
         stream = CompletionStream(request)
@@ -121,13 +120,12 @@ class OpenAISender:
             request.trace.error = f"{type(error).__name__}: {error}"
         except asyncio.TimeoutError:
             request.trace.error = f"no complete response within {timeout_s:g} s"
-        if request.trace.error is None and not request.output_ids:
-            self.texts[id(request)] = stream.text
+        request.output_text = stream.text
 
     async def _stream(self, stream: CompletionStream) -> None:
         body = completion_body(self.endpoint, self.model, stream.request)
         url = f"{self.endpoint.base_url}/v1/completions"
-        async with self.client.stream("POST", url, json=body) as response:
+        async with self.client.stream("POST", url, json=body, headers=self.endpoint.headers) as response:
             if response.status_code != 200:
                 content = await response.aread()
                 raise StreamError(f"HTTP {response.status_code}: {error_message(_json_or_text(content))}")
@@ -138,12 +136,12 @@ class OpenAISender:
                     stream.apply(payload, now)
 
     async def fill_output_ids(self, request: SentRequest) -> None:
-        text = self.texts.pop(id(request), None)
-        if text is None:
+        if request.output_ids:   # the server sent them
             return
         try:
             response = await self.client.post(f"{self.endpoint.base_url}/tokenize", json={
-                "model": self.model, "prompt": text, "add_special_tokens": False})
+                "model": self.model, "prompt": request.output_text, "add_special_tokens": False},
+                headers=self.endpoint.headers)
         except httpx2.HTTPError as error:
             request.trace.error = f"/tokenize: {type(error).__name__}: {error}"
             return
@@ -160,7 +158,7 @@ async def run_workload(endpoint: Endpoint, model: str, drive: Callable[[LoadGene
     """bench.driver.run_workload over HTTP; no server counters (GetStats is gRPC's)."""
     limits = httpx2.Limits(max_connections=None, max_keepalive_connections=None)
     timeout = httpx2.Timeout(request_timeout_s, connect=30)
-    async with httpx2.AsyncClient(headers=endpoint.headers, limits=limits, timeout=timeout) as client:
+    async with httpx2.AsyncClient(limits=limits, timeout=timeout) as client:
         sender = OpenAISender(client, endpoint, model)
         generator = LoadGenerator(sender, max_concurrency, request_timeout_s, on_request_done, tag)
         duration_s = await drive(generator)

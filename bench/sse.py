@@ -21,7 +21,8 @@ FINISH_REASONS = (None, "stop", "length")
 
 
 class StreamError(Exception):
-    """The server said the request failed: an error event, a finish it could not complete."""
+    """The request failed: an HTTP error, an error event (OpenAI's {"error": {...}} or vLLM's
+    {"object": "error", ...}), a finish it could not complete, a stream cut short."""
 
 
 class SseParser:
@@ -86,7 +87,7 @@ class CompletionStream:
             body = json.loads(payload)
         except json.JSONDecodeError as error:
             raise StreamError(f"event is not JSON ({error}): {payload[:200]!r}") from None
-        if not isinstance(body, dict) or "error" in body:
+        if not isinstance(body, dict) or "error" in body or body.get("object") == "error":
             raise StreamError(error_message(body))
         trace = self.request.trace
         trace.response_times.append(now)

@@ -76,6 +76,11 @@ def test_error_event_raises_with_its_message():
         stream_of(body)
 
 
+def test_vllm_error_object_raises_with_its_message():
+    with pytest.raises(StreamError, match="out of KV"):
+        stream_of(b'data: {"object":"error","message":"out of KV","type":"InternalServerError"}\n\n')
+
+
 def test_missing_done_and_abort_finish_are_errors():
     with pytest.raises(StreamError, match=r"before data: \[DONE\]"):
         stream_of(CHUNK_A + CHUNK_BC).finish()
