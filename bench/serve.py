@@ -95,8 +95,8 @@ async def _run_config(args, prompts: SharedPrompts, config: options.ServerConfig
         offsets = arrival_offsets(len(sessions), rate, args.seed)
         drive = _drive(args, sessions, offsets)
         with tqdm(total=prompts.num_requests, desc=name, unit="req", disable=args.no_progress) as bar:
-            run = await backend.run(drive, args.max_concurrency,
-                                     lambda: bar.update(1), tag=name, request_timeout_s=args.request_timeout)
+            run = await backend.run(drive, args.max_concurrency, lambda: bar.update(1), tag=name,
+                                    request_timeout_s=args.request_timeout)
         prompts.first_run = prompts.first_run or run
         results.append(_result(args, name, config, rate, run, server))
     return results
