@@ -6,7 +6,8 @@ t+1 is sent when turn t's stream ends, with the returned ids appended to its pro
 run concurrently. With --turn-barrier (`run_turn_by_turn`) turn t of every session starts
 together once every session's turn t-1 has ended, and each turn's wall time is recorded (what
 an offline engine given one batch per turn is measured on). --max-concurrency caps the
-requests in flight (a semaphore around each request, not each session). Requests are greedy
+requests in flight (a semaphore around each request, not each session), whichever sender
+sends them: gRPC here, OpenAI HTTP in bench.openai_client. Requests are greedy
 (temperature 0), `ignore_eos` with exact `max_tokens`, so every run of a workload sends the
 same token ids.
 """
@@ -16,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 
 import grpc
 
@@ -34,6 +35,7 @@ class SentRequest:
     max_tokens: int
     trace: RequestTrace
     output_ids: list[int] = field(default_factory=list)
+    output_text: str = ""   # from a server that streams text, not ids (bench.openai_client)
 
 
 @dataclass(slots=True)
@@ -71,13 +73,47 @@ async def get_model_info(target: str) -> generation_pb2.ModelInfo:
         return await stub.GetModelInfo(generation_pb2.GetModelInfoRequest(), timeout=30)
 
 
-class LoadGenerator:
-    """One run of a workload against one server. `on_request_done` is called once per request
-    (the progress bar). `tag` makes request ids unique across runs."""
+class Sender(Protocol):
+    """How one request goes to the server and comes back into its SentRequest."""
 
-    def __init__(self, stub, max_concurrency: int | None, request_timeout_s: float,
-                 on_request_done: Callable[[], None], tag: str):
+    async def send(self, request_id: str, request: SentRequest, timeout_s: float) -> None:
+        """Set trace.send_time, record every response; trace.error on any failure (never raises)."""
+
+    async def fill_output_ids(self, request: SentRequest) -> None:
+        """request.output_ids complete (the next turn's history), called outside the
+        concurrency cap on an ok request whose session has another turn."""
+
+
+class GrpcSender:
+    """strata.v1.Generation's Generate stream: the ids come in the responses."""
+
+    def __init__(self, stub):
         self.stub = stub
+
+    async def send(self, request_id: str, request: SentRequest, timeout_s: float) -> None:
+        trace = request.trace
+        message = make_request(request_id, request.prompt_ids, request.max_tokens)
+        trace.send_time = time.perf_counter()
+        try:
+            async for response in self.stub.Generate(message, timeout=timeout_s):
+                trace.response_times.append(time.perf_counter())
+                trace.tokens_per_response.append(len(response.token_ids))
+                request.output_ids.extend(response.token_ids)
+                _apply_final(trace, response)
+        except grpc.aio.AioRpcError as error:
+            trace.error = f"{error.code().name}: {error.details()}"
+
+    async def fill_output_ids(self, request: SentRequest) -> None:
+        pass
+
+
+class LoadGenerator:
+    """One run of a workload against one server through `sender`. `on_request_done` is called
+    once per request (the progress bar). `tag` makes request ids unique across runs."""
+
+    def __init__(self, sender: Sender, max_concurrency: int | None, request_timeout_s: float,
+                 on_request_done: Callable[[], None], tag: str):
+        self.sender = sender
         self.limit = asyncio.Semaphore(max_concurrency) if max_concurrency else None
         self.request_timeout_s = request_timeout_s
         self.on_request_done = on_request_done
@@ -124,6 +160,8 @@ class LoadGenerator:
                                                                     turn=turn_index))
         self.sent.append(request)
         await self._send(f"bench-{self.tag}-{index}-{turn_index}", request)
+        if request.trace.is_ok and turn_index + 1 < len(session.turns):
+            await self.sender.fill_output_ids(request)
         self.on_request_done()
         if not request.trace.is_ok:
             self._fail_rest(session, turn_index + 1, request.trace.error)
@@ -137,19 +175,9 @@ class LoadGenerator:
             self.on_request_done()
 
     async def _send(self, request_id: str, request: SentRequest) -> None:
-        trace = request.trace
         guard = self.limit if self.limit is not None else contextlib.nullcontext()
         async with guard:
-            message = make_request(request_id, request.prompt_ids, request.max_tokens)
-            trace.send_time = time.perf_counter()
-            try:
-                async for response in self.stub.Generate(message, timeout=self.request_timeout_s):
-                    trace.response_times.append(time.perf_counter())
-                    trace.tokens_per_response.append(len(response.token_ids))
-                    request.output_ids.extend(response.token_ids)
-                    _apply_final(trace, response)
-            except grpc.aio.AioRpcError as error:
-                trace.error = f"{error.code().name}: {error.details()}"
+            await self.sender.send(request_id, request, self.request_timeout_s)
 
 
 def _apply_final(trace: RequestTrace, response: generation_pb2.GenerateResponse) -> None:
@@ -168,7 +196,7 @@ async def run_workload(target: str, drive: Callable[[LoadGenerator], Awaitable[f
     async with grpc.aio.insecure_channel(target, options=options) as channel:
         stub = generation_pb2_grpc.GenerationStub(channel)
         stats_before = await get_stats(stub)
-        generator = LoadGenerator(stub, max_concurrency, request_timeout_s, on_request_done, tag)
+        generator = LoadGenerator(GrpcSender(stub), max_concurrency, request_timeout_s, on_request_done, tag)
         duration_s = await drive(generator)
         stats_after = await get_stats(stub)
     return RunResult(generator.sent, duration_s, stats_before, stats_after, generator.turn_wall_s)

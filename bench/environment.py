@@ -74,6 +74,14 @@ def machine() -> dict:
             "python": platform.python_version()}
 
 
+def machine_summary(machine: dict) -> str:
+    """'CPU model (its flags of CPU_FLAGS), N cores, GPUs or no GPU': how benchmarks print the
+    machine (`machine()`'s dict, possibly read back from a JSON document)."""
+    gpus = ", ".join(machine["gpus"]) or "no GPU"
+    flags = ", ".join(machine.get("cpu_flags") or []) or f"none of {', '.join(CPU_FLAGS)}"
+    return f"{machine['cpu_model']} ({flags}), {machine['num_cpus']} cores, {gpus}"
+
+
 def thread_settings() -> dict[str, str | None]:
     """Thread-related environment of this process (the launched servers inherit it)."""
     return {name: os.environ.get(name) for name in THREAD_VARIABLES}

@@ -14,6 +14,7 @@ from runtime.sizes import parse_size
 DEFAULT_OUTPUT_LEN = {"random": "16:256", "multiturn": "32", "longdoc": "32", "prefix": "32"}
 BASELINES = ("vllm", "hf")   # the order of the report's columns and ratios
 VLLM_DTYPES = ("bfloat16", "float32")
+BACKENDS = ("grpc", "openai")
 
 
 class ServerConfig(NamedTuple):
@@ -31,14 +32,29 @@ def parser() -> argparse.ArgumentParser:
     server.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT of a running server")
     server.add_argument("--launch", action="store_true", help="start `strata up` per configuration")
     server.add_argument("--server-args", default="", help="extra `strata up` flags (one string)")
-    server.add_argument("--model", help="model directory: passed to `strata up`, used by --baseline")
+    server.add_argument("--model", help="model directory: passed to `strata up`, used by --baseline; "
+                        "with --backend openai the requests' model name (default: the first served)")
     server.add_argument("--compare", nargs="+", metavar="NAME=ARGS", default=[],
                         help="several server configurations, each NAME=extra `strata up` flags")
     server.add_argument("--launch-timeout", type=float, default=600.0, help="seconds to wait for readiness")
+    _add_backend_options(p.add_argument_group("backend"))
     _add_workload_options(p.add_argument_group("workload"))
     _add_arrival_options(p.add_argument_group("arrival"))
     _add_output_options(p.add_argument_group("baselines and output"))
     return p
+
+
+def _add_backend_options(backend) -> None:
+    backend.add_argument("--backend", choices=BACKENDS, default="grpc",
+                         help="grpc: strata.v1.Generation at --server; openai: streaming "
+                              "/v1/completions at --base-url (Strata's gateway, vLLM's server)")
+    backend.add_argument("--base-url", default="http://127.0.0.1:8000", help="openai: the server's URL")
+    backend.add_argument("--api-key", help="openai: sent as Authorization: Bearer KEY")
+    backend.add_argument("--model-dir", help="openai: the served checkpoint; its config.json gives "
+                         "the vocabulary the prompts are drawn from")
+    backend.add_argument("--return-token-ids", action="store_true",
+                         help="openai: ask for the output ids in the stream (vLLM's return_token_ids); "
+                              "without it a multi-turn history is the turn's text through /tokenize")
 
 
 def _add_workload_options(load) -> None:
@@ -100,6 +116,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         p.error(f"unrecognized arguments {extra} (flags for `strata up` need --launch)")
     if args.compare and not args.launch:
         p.error("--compare needs --launch: each configuration is a server this command starts")
+    _check_backend(p, args)
     _check_baselines(p, args)
     args.output_len = args.output_len or DEFAULT_OUTPUT_LEN[args.workload]
     try:
@@ -111,6 +128,17 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if args.turn_barrier and args.rates != [float("inf")]:
         p.error("--turn-barrier starts each turn of every session together: it needs --request-rate inf")
     return args, extra
+
+
+def _check_backend(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--backend openai measures a server it did not start, on its own."""
+    if args.backend != "openai":
+        return
+    for name, value in (("--launch", args.launch), ("--compare", args.compare), ("--baseline", args.baseline)):
+        if value:
+            p.error(f"{name} is for --backend grpc (--backend openai measures a running server)")
+    if not args.model_dir:
+        p.error("--backend openai needs --model-dir DIR (the served checkpoint: its vocabulary)")
 
 
 def _check_baselines(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -139,7 +167,7 @@ def parse_rates(text: str) -> list[float]:
 
 def server_configs(args: argparse.Namespace, extra: list[str]) -> list[ServerConfig]:
     if not args.launch:
-        return [ServerConfig("server", None)]
+        return [ServerConfig("openai" if args.backend == "openai" else "server", None)]
     base = extra + shlex.split(args.server_args) + (["--model", args.model] if args.model else [])
     if not args.compare:
         return [ServerConfig("strata", base)]

@@ -132,10 +132,8 @@ def multiturn_table(run: dict) -> list[str]:
 
 def table(random_run: dict, multiturn: dict, seconds: float) -> str:
     machine = random_run["machine"]
-    gpus = ", ".join(machine["gpus"]) or "no GPU"
-    flags = ", ".join(machine.get("cpu_flags") or []) or f"none of {', '.join(environment.CPU_FLAGS)}"
     day = datetime.date.today().isoformat()
-    return "\n".join([f"Machine: {machine['cpu_model']} ({flags}), {machine['num_cpus']} cores, {gpus}; every "
+    return "\n".join([f"Machine: {environment.machine_summary(machine)}; every "
                       f"side on all {machine['num_cpus_usable']} cores; {day}; `python -m bench.readme_table` "
                       f"took {seconds / 60:.1f} min.", "",
                       *random_table(random_run), "", *multiturn_table(multiturn)])

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import sys
 from pathlib import Path
+from typing import Awaitable, Callable, NamedTuple
 
 from tqdm import tqdm
 
@@ -61,17 +63,40 @@ def _drive(args, sessions: list[Session], offsets: list[float]):
     return lambda generator: generator.run(sessions, offsets)
 
 
-async def _run_config(args, prompts: SharedPrompts, config: options.ServerConfig, target: str,
+class Backend(NamedTuple):
+    """How a configuration is measured: its model info and one run of a workload."""
+    model_info: Callable[[], Awaitable]
+    run: Callable[..., Awaitable[RunResult]]   # (drive, max_concurrency, on_done, tag=, request_timeout_s=)
+
+
+def backend_of(args, target: str) -> Backend:
+    """ValueError when the OpenAI server or the checkpoint cannot be read."""
+    if args.backend == "openai":
+        from bench import openai_client   # httpx2: only the HTTP backend needs it
+
+        endpoint = openai_client.endpoint_of(args.base_url, args.api_key, args.model, args.return_token_ids)
+        model = asyncio.run(openai_client.get_served_model(endpoint, args.model_dir))
+        return Backend(_constant(model), functools.partial(openai_client.run_workload, endpoint, model.model_id))
+    return Backend(functools.partial(get_model_info, target), functools.partial(run_workload, target))
+
+
+def _constant(value):
+    async def get():
+        return value
+    return get
+
+
+async def _run_config(args, prompts: SharedPrompts, config: options.ServerConfig, backend: Backend,
                       server: ServerProcess | None) -> list[report.ConfigResult]:
-    sessions = prompts.sessions_for(await get_model_info(target))
+    sessions = prompts.sessions_for(await backend.model_info())
     results = []
     for rate in args.rates:
         name = _rate_name(config.name, rate, len(args.rates))
         offsets = arrival_offsets(len(sessions), rate, args.seed)
         drive = _drive(args, sessions, offsets)
         with tqdm(total=prompts.num_requests, desc=name, unit="req", disable=args.no_progress) as bar:
-            run = await run_workload(target, drive, args.max_concurrency,
-                                     lambda: bar.update(1), tag=name, request_timeout_s=args.request_timeout)
+            run = await backend.run(drive, args.max_concurrency, lambda: bar.update(1), tag=name,
+                                    request_timeout_s=args.request_timeout)
         prompts.first_run = prompts.first_run or run
         results.append(_result(args, name, config, rate, run, server))
     return results
@@ -83,7 +108,7 @@ def _result(args, name, config, rate, run: RunResult, server) -> report.ConfigRe
     if run.turn_wall_s is not None:
         values.update(metrics.turn_wall_metrics(run.turn_wall_s))
     settings = {"config": config.name, "server_args": config.server_args,
-                "server_target": None if server else args.server, "request_rate": rate,
+                "server_target": None if server else _target(args), "request_rate": rate,
                 "max_concurrency": args.max_concurrency,
                 "server_startup_s": server.startup_s if server else None}
     ttfts = [metrics.ttft_s(t) for t in run.traces if t.is_ok]
@@ -93,13 +118,17 @@ def _result(args, name, config, rate, run: RunResult, server) -> report.ConfigRe
     return report.ConfigResult(name, values, settings, ttfts)
 
 
+def _target(args) -> str:
+    return args.base_url if args.backend == "openai" else args.server
+
+
 def run_servers(args) -> tuple[SharedPrompts, list[report.ConfigResult]]:
     prompts, results = SharedPrompts(args), []
     for config in args.configs:
         launched = ServerProcess(config.server_args, args.launch_timeout) if args.launch else None
         with launched or contextlib.nullcontext():
-            target = launched.target if launched else args.server
-            results += asyncio.run(_run_config(args, prompts, config, target, launched))
+            backend = backend_of(args, launched.target if launched else args.server)
+            results += asyncio.run(_run_config(args, prompts, config, backend, launched))
     return prompts, results
 
 
@@ -151,7 +180,7 @@ def header(args, argv: list[str], prompts: SharedPrompts) -> dict:
     workload = {key: getattr(args, key) for key in (
         "workload", "seed", "num_prompts", "input_len", "output_len", "sessions", "turns",
         "system_len", "user_len", "docs", "doc_len", "questions", "question_len", "prefix_len",
-        "suffix_len", "request_rate", "max_concurrency", "turn_barrier", "slo")}
+        "suffix_len", "request_rate", "max_concurrency", "turn_barrier", "slo", "backend")}
     workload["num_requests"] = prompts.num_requests
     return {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": ["strata", "bench", *argv], "workload": workload,
