@@ -53,13 +53,7 @@ SCHEDULER_SOCKET = "scheduler.sock"
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="save_pretrained directory (default: built-in model)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="public API bind address (off loopback: --tls-cert/--tls-key, or --insecure)")
-    parser.add_argument("--port", type=int, default=50051)
-    add_tls_flags(parser)
-    parser.add_argument("--api-key-file", default=None,
-                        help="keys the public API requires, one a line, optionally `KEY CACHE_SALT` "
-                             "($STRATA_API_KEY adds one; the gateway presents it, else the file's first key)")
+    add_public_api_flags(parser)
     parser.add_argument("--http-host", default="127.0.0.1",
                         help="OpenAI-compatible HTTP API bind address (`strata gateway`)")
     parser.add_argument("--http-port", type=int, default=8000,
@@ -91,6 +85,17 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                        help="disk tier size under <data-dir>/kvstore, e.g. 20GiB; 0 turns it off "
                             "(default: 1/4 of the free space there, at most 16GiB)")
     return parser
+
+
+def add_public_api_flags(parser: argparse.ArgumentParser) -> None:
+    """The scheduler's public port: where, TLS or --insecure, and its API keys."""
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="public API bind address (off loopback: --tls-cert/--tls-key, or --insecure)")
+    parser.add_argument("--port", type=int, default=50051)
+    add_tls_flags(parser)
+    parser.add_argument("--api-key-file", default=None,
+                        help="keys the public API requires, one a line, optionally `KEY CACHE_SALT` "
+                             "($STRATA_API_KEY adds one; the gateway presents it, else the file's first key)")
 
 
 def default_ram_tier_bytes() -> int:
