@@ -186,3 +186,14 @@ def test_up_refuses_a_non_loopback_host_without_tls_before_any_child_starts(tmp_
                             env=child_env())
     assert result.returncode != 0 and not (tmp_path / "logs").exists()
     assert "refusing plain TCP on 0.0.0.0:" in result.stderr and "--insecure" in result.stderr
+
+
+def test_strata_generate_reaches_the_tls_port_with_tls_ca_and_api_key(servers, tls_files):
+    _, address, _ = servers
+    command = [*STRATA, "generate", "--tokens", ",".join(map(str, PROMPT_IDS)), "--server", address,
+               "--tls-ca", str(tls_files[0]), "--temperature", "0", "--max-tokens", "4", "--ignore-eos"]
+    env = dict(child_env(), STRATA_API_KEY="")
+    with_key = subprocess.run([*command, "--api-key", "k-alice"], capture_output=True, text=True, timeout=60, env=env)
+    assert with_key.returncode == 0 and "[4 tokens, finish: length" in with_key.stderr, with_key.stderr
+    without = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert without.returncode == 1 and f"UNAUTHENTICATED: {DENIED}" in without.stderr
