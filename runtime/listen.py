@@ -10,6 +10,8 @@ reach them; file permissions guard them). A bearer token (runtime.token) covers 
 """
 from __future__ import annotations
 
+import argparse
+
 import grpc
 
 SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
@@ -78,3 +80,31 @@ def add_listeners(server: grpc.Server, addresses: list[str],
             port = bind(server, address, credentials)
             bound.append(f"{address.rpartition(':')[0]}:{port}")
     return bound
+
+
+# ---- a public port's flags: TLS, or plain TCP on loopback unless --insecure -------------------
+
+PLAIN_TCP_FLAGS = "--tls-cert PEM --tls-key PEM (or --insecure to serve plain TCP to other hosts)"
+
+
+def add_tls_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-cert", default=None, help="PEM certificate (chain): TLS on every TCP listener")
+    parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow plain TCP on an address other hosts reach (a trusted network only)")
+
+
+def check_tls_flags(args: argparse.Namespace, addresses: list[str]) -> None:
+    """SystemExit unless --tls-cert and --tls-key come together, and unless every plain TCP
+    address is loopback or --insecure was given."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("give --tls-cert and --tls-key together")
+    if not args.tls_cert and not args.insecure:
+        refuse_remote_plain_tcp(addresses, PLAIN_TCP_FLAGS)
+
+
+def add_public_listeners(server: grpc.Server, args: argparse.Namespace, addresses: list[str]) -> list[str]:
+    """check_tls_flags, then bind every address (TCP ones with TLS when --tls-cert is given)."""
+    check_tls_flags(args, addresses)
+    credentials = server_credentials(args.tls_cert, args.tls_key) if args.tls_cert else None
+    return add_listeners(server, addresses, credentials)

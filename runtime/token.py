@@ -13,6 +13,7 @@ import collections
 import hmac
 import os
 import secrets
+from typing import Callable
 
 import grpc
 
@@ -27,22 +28,18 @@ def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
 
-class TokenInterceptor(grpc.ServerInterceptor):
-    """UNAUTHENTICATED unless the call sends `authorization: Bearer <token>` (compared in
-    constant time). `server_name` and `flag` name where the token comes from in the message
-    ("pass the kvstore's --token")."""
+class BearerInterceptor(grpc.ServerInterceptor):
+    """UNAUTHENTICATED with `message` unless the call's `authorization` metadata is accepted by
+    is_accepted(value as bytes); health and reflection are always open (probes need no secret)."""
 
-    def __init__(self, token: str, server_name: str, flag: str = "--token") -> None:
-        self.expected = bearer_metadata(token)[0][1].encode()
-        self.message = f"missing or wrong bearer token: pass the {server_name}'s {flag}"
+    def __init__(self, is_accepted: Callable[[bytes], bool], message: str) -> None:
+        self.is_accepted = is_accepted
+        self.message = message
 
     def is_allowed(self, handler_call_details) -> bool:
         if handler_call_details.method.startswith(OPEN_SERVICES):
             return True
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        presented = metadata.get("authorization", "")
-        presented = presented.encode() if isinstance(presented, str) else presented
-        return hmac.compare_digest(presented, self.expected)
+        return self.is_accepted(authorization(handler_call_details.invocation_metadata))
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -52,6 +49,23 @@ class TokenInterceptor(grpc.ServerInterceptor):
         def deny(request, context):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, self.message)
         return handler._replace(**{handler_kind(handler): deny})
+
+
+def authorization(metadata) -> bytes:
+    """The `authorization` value of a call's metadata, as bytes (b"" when absent)."""
+    presented = dict(metadata or ()).get("authorization", "")
+    return presented.encode() if isinstance(presented, str) else presented
+
+
+class TokenInterceptor(BearerInterceptor):
+    """UNAUTHENTICATED unless the call sends `authorization: Bearer <token>` (compared in
+    constant time). `server_name` and `flag` name where the token comes from in the message
+    ("pass the kvstore's --token")."""
+
+    def __init__(self, token: str, server_name: str, flag: str = "--token") -> None:
+        expected = bearer_metadata(token)[0][1].encode()
+        super().__init__(lambda presented: hmac.compare_digest(presented, expected),
+                         f"missing or wrong bearer token: pass the {server_name}'s {flag}")
 
 
 def token_interceptors(token: str | None, server_name: str, flag: str) -> list[grpc.ServerInterceptor]:

@@ -18,7 +18,8 @@ import prometheus_client
 from tokenizers import Tokenizer
 
 from protos.v1 import generation_pb2, generation_pb2_grpc
-from runtime.listen import add_listeners
+from runtime.api_keys import KEY_ENV, load_api_keys
+from runtime.listen import add_public_listeners, add_tls_flags, check_tls_flags
 from runtime.logs import configure_logging
 from runtime.server import Health, drain, make_server, stop_on_signals
 from runtime.token import read_token_file
@@ -36,12 +37,19 @@ log = logging.getLogger("strata.scheduler")
 SERVICE = generation_pb2.DESCRIPTOR.services_by_name["Generation"]
 SERVICE_NAME = SERVICE.full_name
 GRACE_SECONDS = 5.0
+DEFAULT_LISTEN = "127.0.0.1:50051"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="strata scheduler", description=__doc__.splitlines()[0])
     parser.add_argument("--executor", required=True, help="executor address, e.g. unix:/tmp/x/executor.sock")
-    parser.add_argument("--listen", default="127.0.0.1:50051", help="public address (port 0: any free port)")
+    parser.add_argument("--listen", action="append", default=None,
+                        help=f"public address, HOST:PORT or unix:PATH, repeatable (default {DEFAULT_LISTEN}; "
+                             "port 0: any free port)")
+    add_tls_flags(parser)
+    parser.add_argument("--api-key-file", default=None,
+                        help="keys the public API requires, one a line, optionally `KEY CACHE_SALT` "
+                             "(runtime/api_keys.py); $STRATA_API_KEY adds one; none: the API is open")
     parser.add_argument("--max-num-batched-tokens", type=int, default=None,
                         help="token budget per step (default and ceiling: the executor's)")
     parser.add_argument("--max-num-seqs", type=int, default=None,
@@ -66,6 +74,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-waiting", type=int, default=1024,
                         help="waiting requests before new ones get RESOURCE_EXHAUSTED")
     args = parser.parse_args(argv)
+    args.listen = args.listen or [DEFAULT_LISTEN]
     if args.no_prefix_caching and args.kvstore:
         parser.error("--no-prefix-caching turns off every KV reuse; drop it or drop --kvstore")
     return args
@@ -73,9 +82,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def read_tokens(args: argparse.Namespace) -> None:
     """args.internal_token: the internal token file's (the executor's token); args.kvstore_token:
-    --kvstore-token, else the internal token, else STRATA_KVSTORE_TOKEN."""
+    --kvstore-token, else the internal token, else STRATA_KVSTORE_TOKEN; args.api_keys: the
+    public API's keys (--api-key-file's and $STRATA_API_KEY's)."""
     args.internal_token = read_token_file(args.internal_token_file) if args.internal_token_file else None
     args.kvstore_token = args.kvstore_token or args.internal_token or os.environ.get("STRATA_KVSTORE_TOKEN")
+    args.api_keys = load_api_keys(args.api_key_file, os.environ.get(KEY_ENV))
 
 
 def capped(value: int | None, ceiling: int, name: str) -> int:
@@ -122,18 +133,20 @@ class SchedulerDaemon:
     def __init__(self, args: argparse.Namespace, stop_event: threading.Event):
         self.args = args
         self.stop_event = stop_event
-        self.service = GenerationService()
+        self.service = GenerationService(args.api_keys)
         self.link = ExecutorLink(args.executor, args.internal_token)
         self.engine: Engine | None = None
         workers = args.max_waiting + 256   # each open Generate stream holds a worker thread
-        self.server = make_server(workers, [DecodeErrorInterceptor(SERVICE)])
+        self.server = make_server(workers, [*args.api_keys.interceptors(), DecodeErrorInterceptor(SERVICE)])
         generation_pb2_grpc.add_GenerationServicer_to_server(self.service, self.server)
         self.health = Health(self.server, SERVICE_NAME)
 
     def start(self) -> bool:
-        bound = add_listeners(self.server, [self.args.listen])
+        bound = add_public_listeners(self.server, self.args, self.args.listen)
         self.server.start()
-        log.info("scheduler listening on %s", bound[0])
+        log.info("scheduler listening on %s (%s, %s)", " ".join(bound),
+                 "TLS on TCP" if self.args.tls_cert else "plain",
+                 "API keys required" if self.args.api_keys.is_required() else "no API key")
         if not self.link.wait_until_ready(self.stop_event.is_set):
             return False
         self.engine, tokenizer, describe = build_engine(self.link, self.args, self.reconnect)
@@ -166,6 +179,7 @@ def main(argv: list[str]) -> int:
     # place for it (Prometheus ingests it as one more gauge). Process-wide: the daemon's call.
     prometheus_client.disable_created_metrics()
     args = parse_args(argv)
+    check_tls_flags(args, args.listen)   # before the tokenizer loads: a refusal comes at once
     read_tokens(args)
     daemon = SchedulerDaemon(args, stop_on_signals())
     daemon.start()

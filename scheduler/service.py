@@ -8,6 +8,7 @@ import uuid
 from tokenizers import Tokenizer
 
 from protos.v1 import executor_pb2, generation_pb2, generation_pb2_grpc
+from runtime.api_keys import ApiKeys
 from scheduler.block_hash import make_namespace
 from scheduler.chat_files import read_chat_files
 from scheduler.engine import Engine
@@ -18,10 +19,13 @@ from scheduler.validation import (ModelLimits, check_sampling, check_sizes, chec
 
 
 class GenerationService(generation_pb2_grpc.GenerationServicer):
-    """Serves UNAVAILABLE until `attach` gives it the engine (once the executor answered)."""
+    """Serves UNAVAILABLE until `attach` gives it the engine (once the executor answered).
+    `api_keys` only salts the prefix cache per key here: the interceptor already refused callers
+    without one."""
 
-    def __init__(self):
+    def __init__(self, api_keys: ApiKeys = ApiKeys([])):
         self.engine: Engine | None = None
+        self.api_keys = api_keys
         self.arrivals = itertools.count()
 
     def attach(self, engine: Engine, tokenizer: Tokenizer,
@@ -41,7 +45,8 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
 
     def Generate(self, request, context):
         self.check_ready()
-        scheduled = self.make_request(request)
+        cache_salt = self.api_keys.cache_salt(context.invocation_metadata(), request.cache_salt)
+        scheduled = self.make_request(request, cache_salt)
         stream = self.engine.submit(scheduled)
         context.add_callback(lambda: self.engine.abort(scheduled))
         yield from stream.responses(context.is_active)
@@ -72,14 +77,15 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
         self.check_ready()
         return self.engine.stats()
 
-    def make_request(self, message: generation_pb2.GenerateRequest) -> Request:
-        """Validate a GenerateRequest (raises InvalidArgument) into a scheduler Request."""
+    def make_request(self, message: generation_pb2.GenerateRequest, cache_salt: str) -> Request:
+        """Validate a GenerateRequest (raises InvalidArgument) into a scheduler Request whose
+        block keys are bound to `cache_salt`."""
         check_sizes(message)
         prompt = prompt_token_ids(message, self.tokenizer, self.limits)
         check_sampling(message.sampling)
         stopping = stop_criteria(message, len(prompt), self.limits)
         namespace = make_namespace(self.describe.model_id, self.describe.kv_dtype, self.page_shape,
-                                   message.cache_salt)
+                                   cache_salt)
         return Request(message.request_id or uuid.uuid4().hex, prompt, message.sampling,
                        stopping, namespace, next(self.arrivals), message.priority)
 

@@ -9,6 +9,7 @@ from typing import NamedTuple, TextIO
 import grpc
 
 from protos.v1 import common_pb2, generation_pb2, generation_pb2_grpc
+from strata.public_channel import add_client_flags, open_public_channel
 
 FINISH_NAMES = {generation_pb2.FINISH_REASON_LENGTH: "length", generation_pb2.FINISH_REASON_STOP: "stop",
                 generation_pb2.FINISH_REASON_ABORT: "abort"}
@@ -30,7 +31,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="strata generate", description=__doc__.splitlines()[0])
     parser.add_argument("text", nargs="?", help="prompt text (or use --tokens)")
     parser.add_argument("--tokens", help="prompt as comma-separated token ids, e.g. 1,2,3")
-    parser.add_argument("--server", default="127.0.0.1:50051")
+    add_client_flags(parser)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--min-tokens", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=None, help="0: greedy (default 1.0)")
@@ -79,7 +80,7 @@ def stream_completion(stub: generation_pb2_grpc.GenerationStub, request: generat
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    with grpc.insecure_channel(args.server) as channel:
+    with open_public_channel(args) as channel:
         stub = generation_pb2_grpc.GenerationStub(channel)
         try:
             summary = stream_completion(stub, build_request(args), sys.stdout, args.timeout)

@@ -29,11 +29,15 @@ from executor.daemon import add_model_arguments   # torch-free: the executor imp
 from executor.default_model import default_data_dir
 from kvstore.ram import remove_arenas_of
 from protos.v1 import generation_pb2, generation_pb2_grpc
+from runtime.api_keys import KEY_ENV, read_key_file
 from runtime.arenas import DEFAULT_ARENA_DIR
+from runtime.listen import add_tls_flags, check_tls_flags
 from runtime.logs import configure_logging
 from runtime.sizes import parse_size
-from runtime.token import new_token, write_token_file
+from runtime.token import new_token, with_token, write_token_file
 from strata.client import stream_completion
+from strata.gateway.server import SCHEDULER_KEY_ENV
+from strata.public_channel import read_pem, secure_or_plain
 from strata.supervisor import ChildSpec, Supervisor
 
 log = logging.getLogger("strata.up")
@@ -41,13 +45,15 @@ log = logging.getLogger("strata.up")
 DEMO_PROMPT = "def fibonacci(n):"
 SHM_DIR = DEFAULT_ARENA_DIR   # the kvstore's RAM arenas
 TOKEN_FILE = "internal.token"   # in the run dir: the executor's and kvstore's token, the scheduler presents it
+# In the run dir too: the scheduler's own socket for the local clients (the readiness probe, the
+# gateway), so they need neither TLS nor a certificate that names the loopback address.
+SCHEDULER_SOCKET = "scheduler.sock"
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="save_pretrained directory (default: built-in model)")
-    parser.add_argument("--host", default="127.0.0.1", help="public API bind address")
-    parser.add_argument("--port", type=int, default=50051)
+    add_public_api_flags(parser)
     parser.add_argument("--http-host", default="127.0.0.1",
                         help="OpenAI-compatible HTTP API bind address (`strata gateway`)")
     parser.add_argument("--http-port", type=int, default=8000,
@@ -81,6 +87,17 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
+def add_public_api_flags(parser: argparse.ArgumentParser) -> None:
+    """The scheduler's public port: where, TLS or --insecure, and its API keys."""
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="public API bind address (off loopback: --tls-cert/--tls-key, or --insecure)")
+    parser.add_argument("--port", type=int, default=50051)
+    add_tls_flags(parser)
+    parser.add_argument("--api-key-file", default=None,
+                        help="keys the public API requires, one a line, optionally `KEY CACHE_SALT` "
+                             "($STRATA_API_KEY adds one; the gateway presents it, else the file's first key)")
+
+
 def default_ram_tier_bytes() -> int:
     try:
         available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -96,12 +113,14 @@ def default_disk_tier_bytes(data_dir: Path) -> int:
 def child_specs(args: argparse.Namespace, run_dir: Path) -> list[ChildSpec]:
     """Readiness order: the kvstore, the executor (it maps the kvstore's arena), the scheduler."""
     executor_socket, token_file = f"unix:{run_dir / 'executor.sock'}", str(run_dir / TOKEN_FILE)
+    scheduler_socket = f"unix:{run_dir / SCHEDULER_SOCKET}"
     executor = ["executor", "--listen", executor_socket, "--data-dir", str(args.data_dir),
                 "--block-size", str(args.block_size), "--dtype", args.dtype,
                 "--kv-cache-dtype", args.kv_cache_dtype, "--token-file", token_file,
                 "--arena-dir", SHM_DIR]
     scheduler = ["scheduler", "--executor", executor_socket, "--listen", f"{args.host}:{args.port}",
-                 "--max-waiting", str(args.max_waiting), "--internal-token-file", token_file]
+                 "--listen", scheduler_socket, "--max-waiting", str(args.max_waiting),
+                 "--internal-token-file", token_file, *public_flags(args)]
     # The scheduler takes its step limits from the executor's Describe: caps go there only.
     optional = {"--model": args.model, "--num-device-blocks": args.num_device_blocks,
                 "--kv-cache-memory": args.kv_cache_memory,
@@ -112,10 +131,10 @@ def child_specs(args: argparse.Namespace, run_dir: Path) -> list[ChildSpec]:
             executor.extend([flag, str(value)])
     children = [
         ChildSpec("executor", executor, executor_socket, "strata.v1.Executor"),
-        ChildSpec("scheduler", scheduler, f"{args.host}:{args.port}", "strata.v1.Generation", 120.0),
+        ChildSpec("scheduler", scheduler, scheduler_socket, "strata.v1.Generation", 120.0),
     ]
     if args.http_port:
-        children.append(gateway_spec(args))
+        children.append(gateway_spec(args, scheduler_socket))
     if args.no_prefix_caching:
         scheduler.append("--no-prefix-caching")
     if not args.no_kvstore and not args.no_prefix_caching:
@@ -126,15 +145,25 @@ def child_specs(args: argparse.Namespace, run_dir: Path) -> list[ChildSpec]:
     return children
 
 
-def gateway_spec(args: argparse.Namespace) -> ChildSpec:
-    """The HTTP gateway, last: a client of the scheduler's public API (its key, if any, comes
-    from the environment the child inherits, not from argv where `ps` shows it)."""
-    argv = ["gateway", "--scheduler", f"{client_host(args.host)}:{args.port}",
-            "--host", args.http_host, "--port", str(args.http_port)]
+def public_flags(args: argparse.Namespace) -> list[str]:
+    """The scheduler's TLS, --insecure and API key flags, as given to `strata up`."""
+    flags = ["--tls-cert", args.tls_cert, "--tls-key", args.tls_key] if args.tls_cert else []
+    flags += ["--insecure"] if args.insecure else []
+    return flags + (["--api-key-file", args.api_key_file] if args.api_key_file else [])
+
+
+def gateway_spec(args: argparse.Namespace, scheduler_socket: str) -> ChildSpec:
+    """The HTTP gateway, last: a client of the scheduler's own unix socket. Its keys come from
+    the environment, not from argv where `ps` shows them: $STRATA_API_KEY (inherited) guards its
+    HTTP API and is presented to the scheduler; without it, the key file's first key is."""
+    argv = ["gateway", "--scheduler", scheduler_socket, "--host", args.http_host, "--port", str(args.http_port)]
     if args.model_name:
         argv += ["--model-name", args.model_name]
+    env = {}
+    if args.api_key_file and not os.environ.get(KEY_ENV):
+        env[SCHEDULER_KEY_ENV] = read_key_file(args.api_key_file)[0].key
     url = f"http://{client_host(args.http_host)}:{args.http_port}/health"
-    return ChildSpec("gateway", argv, url, "", 60.0, ready_probe=functools.partial(is_http_ready, url))
+    return ChildSpec("gateway", argv, url, "", 60.0, ready_probe=functools.partial(is_http_ready, url), env=env)
 
 
 def client_host(bind_host: str) -> str:
@@ -202,8 +231,15 @@ def keep_serving(address: str, stop: threading.Event, supervisor: Supervisor) ->
     return 0
 
 
+def parse_up_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """The scheduler's own TLS rule, checked before any child starts (a refusal comes at once)."""
+    args = parser.parse_args(argv)
+    check_tls_flags(args, [f"{args.host}:{args.port}"])
+    return args
+
+
 def main(argv: list[str]) -> int:
-    return serve(build_parser("strata up").parse_args(argv), keep_serving)
+    return serve(parse_up_args(build_parser("strata up"), argv), keep_serving)
 
 
 def free_port() -> int:
@@ -212,12 +248,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def demo_channel(args: argparse.Namespace, address: str) -> grpc.Channel:
+    """The demo's channel to the public port: TLS trusting --tls-cert (a self-signed one names
+    this host), the key $STRATA_API_KEY's or the key file's first."""
+    key = os.environ.get(KEY_ENV) or (read_key_file(args.api_key_file)[0].key if args.api_key_file else None)
+    return with_token(secure_or_plain(address, read_pem(args.tls_cert)), key)
+
+
 def demo_main(argv: list[str]) -> int:
     parser = build_parser("strata demo")
     parser.add_argument("--prompt", default=DEMO_PROMPT)
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.set_defaults(port=0, http_port=0)
-    args = parser.parse_args(argv)
+    args = parse_up_args(parser, argv)
     args.port = args.port or free_port()
 
     def run_once(address: str, stop: threading.Event, supervisor: Supervisor) -> int:
@@ -226,7 +269,7 @@ def demo_main(argv: list[str]) -> int:
         request.sampling.seed = 0
         request.stopping.max_tokens = args.max_tokens
         request.stopping.ignore_eos = True
-        with grpc.insecure_channel(address) as channel:
+        with demo_channel(args, address) as channel:
             print(args.prompt, end="", flush=True)
             summary = stream_completion(generation_pb2_grpc.GenerationStub(channel), request, sys.stdout)
         print("\n" + summary.line(), flush=True)

@@ -7,13 +7,14 @@ import sys
 import grpc
 
 from protos.v1 import generation_pb2, generation_pb2_grpc
+from strata.public_channel import add_client_flags, open_public_channel
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="strata metrics", description=__doc__.splitlines()[0])
-    parser.add_argument("--server", default="127.0.0.1:50051")
+    add_client_flags(parser)
     args = parser.parse_args(argv)
-    with grpc.insecure_channel(args.server) as channel:
+    with open_public_channel(args) as channel:
         try:
             reply = generation_pb2_grpc.GenerationStub(channel).GetMetrics(
                 generation_pb2.GetMetricsRequest(), timeout=10)

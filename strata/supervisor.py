@@ -49,6 +49,9 @@ class ChildSpec:
     on_exit: Callable[[int], None] | None = None
     # Readiness for a child that is not a gRPC server (the HTTP gateway); None: grpc.health.v1.
     ready_probe: Callable[[], bool] | None = None
+    # Set in the child's environment on top of the launcher's (a secret kept out of argv, where
+    # `ps` shows it).
+    env: dict[str, str] = field(default_factory=dict)
 
     def check_ready(self) -> bool:
         if self.ready_probe is not None:
@@ -96,7 +99,8 @@ class Supervisor:
         log_file = open(child.log_path, "ab")
         command = [sys.executable, "-m", "strata.cli", *child.spec.argv]
         child.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                         start_new_session=True, preexec_fn=exit_with_parent(os.getpid()))
+                                         start_new_session=True, preexec_fn=exit_with_parent(os.getpid()),
+                                         env={**os.environ, **child.spec.env})
         log_file.close()
         log.info("started %s (pid %d, log %s)", child.spec.name, child.process.pid, child.log_path)
 

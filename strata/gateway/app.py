@@ -22,12 +22,15 @@ class GatewayConfig:
     scheduler: str
     api_key: str | None = None
     model_name: str | None = None   # the name clients send as `model`; default: the model id
+    scheduler_api_key: str | None = None   # presented to the scheduler (its keys, not api_key's)
+    scheduler_ca_pem: bytes | None = None  # TLS to the scheduler, trusting this root
 
 
 def create_app(config: GatewayConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.backend = Backend(config.scheduler)   # on uvicorn's loop: grpc.aio needs that
+        # On uvicorn's loop: grpc.aio needs that.
+        app.state.backend = Backend(config.scheduler, config.scheduler_api_key, config.scheduler_ca_pem)
         yield
         await app.state.backend.close()
 

@@ -1,6 +1,8 @@
 """The gateway's grpc.aio client of strata.v1.Generation, and the n-way fan-out of one request.
 
 The channel belongs to the event loop it was made on: `Backend` is made in the app's lifespan.
+With `api_key` every call sends `authorization: Bearer KEY` (the scheduler's --api-key-file or
+$STRATA_API_KEY); with `ca_pem` the channel is TLS trusting that root (the scheduler's --tls-cert).
 """
 from __future__ import annotations
 
@@ -10,15 +12,18 @@ from typing import AsyncIterator
 import grpc
 
 from protos.v1 import generation_pb2, generation_pb2_grpc
+from runtime.token import bearer_metadata
 from strata.gateway.chat_template import ChatTemplate
 from strata.gateway.errors import aborted, from_rpc_error
+from strata.public_channel import secure_or_plain
 
 UNARY_TIMEOUT_S = 30.0
 
 
 class Backend:
-    def __init__(self, address: str):
-        self.channel = grpc.aio.insecure_channel(address)
+    def __init__(self, address: str, api_key: str | None = None, ca_pem: bytes | None = None):
+        self.channel = secure_or_plain(address, ca_pem, aio=True)
+        self.metadata = bearer_metadata(api_key)
         self.stub = generation_pb2_grpc.GenerationStub(self.channel)
         self._model_info: generation_pb2.ModelInfo | None = None
         self._chat_template: ChatTemplate | None = None
@@ -49,15 +54,14 @@ class Backend:
         """The scheduler's and its kvstore's Prometheus text (GetMetrics)."""
         return (await self.unary(self.stub.GetMetrics, generation_pb2.GetMetricsRequest())).text
 
-    @staticmethod
-    async def unary(method, request):
+    async def unary(self, method, request):
         try:
-            return await method(request, timeout=UNARY_TIMEOUT_S)
+            return await method(request, timeout=UNARY_TIMEOUT_S, metadata=self.metadata)
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from error
 
     def fan_out(self, requests: list[generation_pb2.GenerateRequest]) -> FanOut:
-        return FanOut([self.stub.Generate(request) for request in requests])
+        return FanOut([self.stub.Generate(request, metadata=self.metadata) for request in requests])
 
     async def close(self) -> None:
         await self.channel.close()

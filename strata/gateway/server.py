@@ -13,6 +13,7 @@ from runtime.logs import configure_logging
 
 log = logging.getLogger("strata.gateway")
 GRACE_SECONDS = 5
+SCHEDULER_KEY_ENV = "STRATA_SCHEDULER_API_KEY"   # `strata up` sets it for its gateway child
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -25,8 +26,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "(default: $STRATA_API_KEY; none: open)")
     parser.add_argument("--model-name", default=None,
                         help="the model name clients send and /v1/models lists (default: the model id)")
+    parser.add_argument("--scheduler-api-key", default=None,
+                        help="key the scheduler's public API requires, sent on every call (default: "
+                             f"${SCHEDULER_KEY_ENV}, else $STRATA_API_KEY)")
+    parser.add_argument("--scheduler-tls-ca", default=None,
+                        help="PEM root certificate: reach the scheduler over TLS (its --tls-cert when self-signed)")
     args = parser.parse_args(argv)
     args.api_key = args.api_key or os.environ.get("STRATA_API_KEY") or None
+    args.scheduler_api_key = (args.scheduler_api_key or os.environ.get(SCHEDULER_KEY_ENV)
+                              or os.environ.get("STRATA_API_KEY") or None)
     return args
 
 
@@ -34,10 +42,12 @@ def main(argv: list[str]) -> int:
     import uvicorn
 
     from strata.gateway.app import GatewayConfig, create_app
+    from strata.public_channel import read_pem
 
     configure_logging()
     args = parse_args(argv)
-    app = create_app(GatewayConfig(args.scheduler, args.api_key, args.model_name))
+    app = create_app(GatewayConfig(args.scheduler, args.api_key, args.model_name, args.scheduler_api_key,
+                                   read_pem(args.scheduler_tls_ca)))
     if args.api_key is None and not is_loopback(args.host):
         log.warning("serving %s without an API key: anyone who reaches it can generate "
                     "(set --api-key or STRATA_API_KEY)", args.host)

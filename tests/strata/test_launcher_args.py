@@ -62,7 +62,7 @@ def test_every_child_gets_the_runs_token_file_and_the_executor_maps_only_the_kvs
     assert not any("--insecure" in child for child in argv.values())
 
 
-def test_the_gateway_child_reaches_the_scheduler_on_loopback_and_http_port_0_turns_it_off(tmp_path):
+def test_the_gateway_child_reaches_the_scheduler_on_its_unix_socket_and_http_port_0_turns_it_off(tmp_path):
     from strata.launcher import build_parser, child_specs
 
     def gateway_argv(*flags: str) -> list[str] | None:
@@ -70,10 +70,43 @@ def test_the_gateway_child_reaches_the_scheduler_on_loopback_and_http_port_0_tur
         args.data_dir = tmp_path
         return next((spec.argv for spec in child_specs(args, tmp_path) if spec.name == "gateway"), None)
 
-    assert gateway_argv() == ["gateway", "--scheduler", "127.0.0.1:50051", "--host", "127.0.0.1",
+    scheduler_socket = f"unix:{tmp_path}/scheduler.sock"
+    assert gateway_argv() == ["gateway", "--scheduler", scheduler_socket, "--host", "127.0.0.1",
                               "--port", "8000"]
     assert gateway_argv("--host", "0.0.0.0", "--port", "6000", "--http-host", "10.0.0.5", "--http-port",
                         "9000", "--model-name", "m") == [
-        "gateway", "--scheduler", "127.0.0.1:6000", "--host", "10.0.0.5", "--port", "9000",
+        "gateway", "--scheduler", scheduler_socket, "--host", "10.0.0.5", "--port", "9000",
         "--model-name", "m"]
     assert gateway_argv("--http-port", "0") is None
+
+
+def test_tls_and_api_keys_reach_the_scheduler_and_the_gateway_presents_the_files_first_key(
+        tmp_path, monkeypatch):
+    from strata.launcher import build_parser, child_specs
+
+    monkeypatch.delenv("STRATA_API_KEY", raising=False)
+    (tmp_path / "keys").write_text("# KEY SALT\nk-alice tenant-a\nk-bob\n")
+    args = build_parser("strata up").parse_args([
+        "--data-dir", str(tmp_path), "--tls-cert", "c.pem", "--tls-key", "k.pem",
+        "--api-key-file", str(tmp_path / "keys")])
+    args.data_dir = tmp_path
+    specs = {spec.name: spec for spec in child_specs(args, tmp_path)}
+    scheduler = specs["scheduler"].argv
+    assert scheduler[scheduler.index("--tls-cert"):scheduler.index("--kvstore")] == [
+        "--tls-cert", "c.pem", "--tls-key", "k.pem", "--api-key-file", str(tmp_path / "keys")]
+    assert specs["scheduler"].health_target == f"unix:{tmp_path}/scheduler.sock"
+    assert specs["gateway"].env == {"STRATA_SCHEDULER_API_KEY": "k-alice"}
+    monkeypatch.setenv("STRATA_API_KEY", "k-env")   # inherited: it serves both
+    assert next(s for s in child_specs(args, tmp_path) if s.name == "gateway").env == {}
+
+
+def test_up_refuses_a_non_loopback_host_without_tls_or_insecure(tmp_path):
+    from strata.launcher import build_parser, parse_up_args
+
+    with pytest.raises(SystemExit, match=r"refusing plain TCP on 0.0.0.0:50051: give --tls-cert PEM "
+                                         r"--tls-key PEM \(or --insecure to serve plain TCP to other hosts\)"):
+        parse_up_args(build_parser("strata up"), ["--host", "0.0.0.0"])
+    with pytest.raises(SystemExit, match="give --tls-cert and --tls-key together"):
+        parse_up_args(build_parser("strata up"), ["--tls-cert", "c.pem"])
+    assert parse_up_args(build_parser("strata up"), ["--host", "0.0.0.0", "--insecure"]).insecure
+    assert parse_up_args(build_parser("strata up"), ["--host", "0.0.0.0", "--tls-cert", "c", "--tls-key", "k"])

@@ -92,7 +92,8 @@ def test_every_command_parses_with_its_daemon_parser(services):
     assert executor.listen == "0.0.0.0:50052" and executor.data_dir == Path("/data")
     assert executor.model == Path("/models") / DEFAULT_MODEL_NAME   # baked into the image
     assert (scheduler.executor, scheduler.kvstore, scheduler.listen) == \
-        ("executor:50052", "kvstore:50053", "0.0.0.0:50051")
+        ("executor:50052", "kvstore:50053", ["0.0.0.0:50051"])
+    assert scheduler.insecure and not scheduler.tls_cert   # plain TCP, published on loopback only
 
 
 def test_executor_maps_the_kvstore_shared_memory(services):

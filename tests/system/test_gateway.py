@@ -12,7 +12,8 @@ import httpx2 as httpx
 import openai
 import pytest
 
-from protos.v1 import common_pb2, generation_pb2
+from protos.v1 import common_pb2, generation_pb2, generation_pb2_grpc
+from runtime.token import with_token
 from servers import free_port, start_up
 
 pytestmark = pytest.mark.system
@@ -45,6 +46,8 @@ def server(chat_model_dir):
                             "--num-device-blocks", str(NUM_DEVICE_BLOCKS), "--block-size", str(BLOCK_SIZE)])
         running = context.__enter__()
     running.base_url = f"http://127.0.0.1:{http_port}"
+    # The inherited STRATA_API_KEY guards the scheduler's gRPC port too (the gateway presents it).
+    running.stub = generation_pb2_grpc.GenerationStub(with_token(running.channel, KEY))
     try:
         wait_http_ready(running.base_url + "/health")
         yield running
