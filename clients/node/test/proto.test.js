@@ -6,9 +6,9 @@ const { loadGenerationService } = require('../strata.js');
 
 const Generation = loadGenerationService();
 
-test('the service loads from protos/v1 with its four RPCs', () => {
+test('the service loads from protos/v1 with every RPC of generation.proto', () => {
   assert.deepEqual(Object.keys(Generation.service).sort(),
-    ['Generate', 'GetModelInfo', 'GetStats', 'Tokenize']);
+    ['Detokenize', 'Generate', 'GetMetrics', 'GetModelInfo', 'GetStats', 'Tokenize']);
   assert.equal(Generation.service.Generate.responseStream, true);
 });
 
