@@ -25,13 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-import httpx2
 import numpy as np
 
 from bench import environment, make_model, metrics, openai_client
 from bench.driver import RunResult, get_model_info, run_workload
 from bench.launch import LaunchError, ServerProcess, free_port
 from bench.workloads import TokenSource, parse_range, random_sessions
+from strata.launcher import is_http_ready
 
 SIDES = ("grpc", "gateway")
 NUM_WARMUP_PROMPTS = 8
@@ -57,11 +57,8 @@ def parser() -> argparse.ArgumentParser:
 def wait_http_ready(url: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            if httpx2.get(url, timeout=2).status_code == 200:
-                return
-        except httpx2.HTTPError:
-            pass
+        if is_http_ready(url):
+            return
         time.sleep(0.25)
     raise LaunchError(f"the gateway at {url} did not answer 200 within {timeout_s:.0f} s")
 

@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from internal_token import TOKEN_FILE
 from protos.v1 import generation_pb2_grpc
+from strata.launcher import is_http_ready
 from strata.supervisor import stop_processes  # noqa: F401 - tests import it from here
 
 READY_SERVICE = "strata.v1.Generation"
@@ -146,3 +147,13 @@ def start_up(args: list[str], timeout_s: float = 180) -> Iterator[Server]:
     finally:
         stop_processes([process], grace_s=30)
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def wait_http_ready(url: str, timeout_s: float = 60) -> None:
+    """Poll an HTTP readiness URL (a gateway's /health) until it answers 200, as `strata up`
+    does before it says it serves."""
+    deadline = time.monotonic() + timeout_s
+    while not is_http_ready(url):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} not ready in {timeout_s:.0f} s")
+        time.sleep(0.2)

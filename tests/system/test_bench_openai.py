@@ -2,13 +2,11 @@
 request succeeds with exactly its max_tokens (ignore_eos), multi-turn histories go through
 /tokenize, and a refused request is a failure carrying the server's message."""
 import json
-import time
 
-import httpx2
 import pytest
 
 from bench import serve
-from servers import free_port, start_up
+from servers import free_port, start_up, wait_http_ready
 
 pytestmark = pytest.mark.system
 
@@ -22,17 +20,6 @@ def gateway(llama_dir):
         wait_http_ready(base_url + "/health")
         yield base_url
 
-
-def wait_http_ready(url, timeout_s=60):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx2.get(url, timeout=1).status_code == 200:
-                return
-        except httpx2.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(url)
 
 
 def bench(gateway, llama_dir, tmp_path, *workload):

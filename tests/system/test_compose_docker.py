@@ -24,7 +24,7 @@ from checkpoints import load_hf_model
 from docker_engine import docker_engine, why_no_engine
 from greedy_parity import generate_tokens, hf_greedy
 from protos.v1 import generation_pb2, generation_pb2_grpc
-from servers import free_port
+from servers import free_port, wait_http_ready
 
 pytestmark = [pytest.mark.system, pytest.mark.compose]
 
@@ -108,10 +108,7 @@ def chat_texts(base_url: str) -> tuple[str, str]:
     """The gateway's greedy chat completion of one message, streamed and not (openai client)."""
     import openai
 
-    deadline = time.monotonic() + FIRST_TOKEN_TIMEOUT_S
-    while not gateway_is_up(base_url):
-        assert time.monotonic() < deadline, f"the gateway at {base_url} is not up"
-        time.sleep(1)
+    wait_http_ready(f"{base_url}/health", FIRST_TOKEN_TIMEOUT_S)
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused")
     ask = dict(model="strata-tiny-random", messages=[{"role": "user", "content": "Hello there"}],
                max_tokens=MAX_TOKENS, temperature=0, extra_body={"ignore_eos": True})
@@ -121,16 +118,6 @@ def chat_texts(base_url: str) -> tuple[str, str]:
     whole = client.chat.completions.create(**ask)
     assert whole.usage.completion_tokens == MAX_TOKENS
     return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), whole.choices[0].message.content
-
-
-def gateway_is_up(base_url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{base_url}/health", timeout=3) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
 
 
 def kill_kvstore(project_args: list[str], env: dict[str, str]) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from protos.v1 import common_pb2, generation_pb2, generation_pb2_grpc
 from runtime.token import with_token
-from servers import free_port, start_up
+from servers import free_port, start_up, wait_http_ready
 
 pytestmark = pytest.mark.system
 
@@ -54,17 +54,6 @@ def server(chat_model_dir):
     finally:
         context.__exit__(None, None, None)
 
-
-def wait_http_ready(url, timeout_s=60):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready")
 
 
 @pytest.fixture(scope="module")
