@@ -48,7 +48,11 @@ class GenerationService(generation_pb2_grpc.GenerationServicer):
         cache_salt = self.api_keys.cache_salt(context.invocation_metadata(), request.cache_salt)
         scheduled = self.make_request(request, cache_salt)
         stream = self.engine.submit(scheduled)
-        context.add_callback(lambda: self.engine.abort(scheduled))
+        if not context.add_callback(lambda: self.engine.abort(scheduled)):
+            # The client left before the callback could be registered: gRPC will never call it,
+            # and the stream, with an output every step, would never notice.
+            self.engine.abort(scheduled)
+            return
         yield from stream.responses(context.is_active)
 
     def Tokenize(self, request, context):
