@@ -13,9 +13,11 @@ import pytest
 
 from bench.kvstore_pages import key_of, page_of
 from bench.kvstore_process import start_daemon
+from bench.kvstore_rebuild import write_segments
 from internal_token import TOKEN, TOKEN_FILE
 from kvstore.arena_io import load_pages, map_arena, store_pages
-from kvstore.disk import HEADER_BYTES, encode_file
+from kvstore.disk import HEADER_BYTES, FsyncMode
+from kvstore.segments import SegmentFiles
 from runtime.kvstore_client import KVStoreClient
 
 pytestmark = pytest.mark.system
@@ -43,6 +45,16 @@ def rebuilt(daemon) -> tuple[int, float]:
     line = next(line for line in daemon.output if "index rebuilt" in line)
     num_pages, seconds = re.search(r"rebuilt: (\d+) pages in ([\d.]+) s", line).groups()
     return int(num_pages), float(seconds)
+
+
+def record_of(disk: str, key: bytes) -> tuple[str, int]:
+    """The sealed segment file holding `key` and the offset of its record."""
+    files = SegmentFiles(disk, FsyncMode.NEVER)
+    for seq in files.list_segments():
+        records = files.load_index(seq)
+        if key in records.keys:
+            return files.path(seq), records.offsets[records.keys.index(key)]
+    raise KeyError(key.hex())
 
 
 def store_until_killed(client, completed: list[bytes], stop: threading.Event) -> None:
@@ -80,12 +92,19 @@ def test_kill_9_mid_stream_then_restart_serves_every_completed_page(dirs):
         assert len(stale) == 1 and str(daemon.pid) in stale[0]   # the dead kvstore's arena
         daemon, client = start(shm, disk)
         assert os.listdir(shm) == []      # removed at start: tmpfs memory is given back
-        assert rebuilt(daemon)[0] >= len(completed)
+        num_rebuilt = rebuilt(daemon)[0]
+        assert num_rebuilt >= len(completed)
         layout = client.register("crash", PAGE)  # RAM is 64 pages: loads promote from disk
         arena = map_arena(layout)
         for start_index in range(0, len(completed), 32):
             keys = completed[start_index:start_index + 32]
             assert load_pages(client, arena, layout, keys) == [page_of(k, PAGE) for k in keys]
+        # The stores in flight at the kill: each page is whole or absent, never partial.
+        in_flight = [key_of(f"crash-{len(completed) // 4 + i}-{j}") for i in range(4) for j in range(4)]
+        present = [k for k in in_flight if client.lookup("crash", [k]).num_present]
+        assert len(completed) + len(present) == num_rebuilt
+        assert load_pages(client, arena, layout, present) == [page_of(k, PAGE) for k in present]
+        assert client.stats().tiers[1].num_corrupt == 0
         arena.close()
     finally:
         stop.set()
@@ -102,11 +121,11 @@ def test_flipped_byte_is_a_miss_never_data(dirs):
     arena.close()
     daemon.stop()
     for key, offset in ((body_flip, HEADER_BYTES + 100), (header_flip, 40)):
-        path = os.path.join(disk, "pages", key.hex()[:2], f"{key.hex()}-{PAGE}.page")
+        path, record = record_of(disk, key)   # the clean stop sealed the segment
         with open(path, "r+b") as file:
-            file.seek(offset)
+            file.seek(record + offset)
             byte = file.read(1)
-            file.seek(offset)
+            file.seek(record + offset)
             file.write(bytes([byte[0] ^ 0xFF]))
     daemon, client = start(shm, disk)
     try:
@@ -116,8 +135,7 @@ def test_flipped_byte_is_a_miss_never_data(dirs):
         for key in (body_flip, header_flip):
             assert load_pages(client, arena, layout, [key]) == []
             assert list(client.get_pages([key])) == []
-            assert not os.path.exists(os.path.join(disk, "pages", key.hex()[:2],
-                                                   f"{key.hex()}-{PAGE}.page"))
+            assert client.lookup("crash", [key]).num_present == 0   # forgotten after the miss
         disk_stats = client.stats().tiers[1]
         assert disk_stats.num_corrupt == 2
         arena.close()
@@ -128,15 +146,11 @@ def test_flipped_byte_is_a_miss_never_data(dirs):
 def test_rebuilding_100k_pages_takes_under_10_s(dirs):
     shm, disk = dirs
     page_bytes = 4096
-    pages_dir = os.path.join(disk, "pages")
-    for prefix in range(256):
-        os.makedirs(os.path.join(pages_dir, f"{prefix:02x}"))
     keys = [key_of(f"bulk-{i}") for i in range(100_000)]
     data = bytes(range(256)) * (page_bytes // 256)
-    for key in keys:  # the store's own file format, written directly (not through gRPC)
-        name = key.hex()
-        with open(os.path.join(pages_dir, name[:2], f"{name}-{page_bytes}.page"), "wb") as file:
-            file.write(encode_file(key, data))
+    # The store's own segment format, written directly (not through gRPC); the other pages' data
+    # is a hole, since a rebuild reads index files only.
+    write_segments(disk, keys, page_bytes, {0: data, len(keys) - 1: data})
     daemon, client = start(shm, disk)
     try:
         num_pages, seconds = rebuilt(daemon)
