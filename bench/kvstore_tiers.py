@@ -3,8 +3,9 @@
     python bench/kvstore_tiers.py [--total 256MiB] [--disk-dir DIR]
 
 1. RAM: page copies into / out of mapped arena slots vs np.copyto between two private buffers.
-2. NVMe: the tier's page-file write (header + O_DIRECT pwritev + rename) and verified read
-   (O_DIRECT preadv + xxh3 checksum) vs raw sequential O_DIRECT of one file in page-size chunks.
+2. NVMe: DiskTier.write (checksum, then the appender's batched O_DIRECT pwritev of header +
+   page records into segments) and DiskTier.read_into (O_DIRECT preadv + header and xxh3 checks)
+   vs raw sequential O_DIRECT of one file in page-size chunks.
 3. Remote: PutPages / GetPages streams to a kvstore process over TCP loopback.
 """
 import argparse
@@ -12,6 +13,7 @@ import mmap
 import os
 import shutil
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,7 +22,10 @@ import numpy as np
 from bench.kvstore_pages import key_of
 from bench.kvstore_process import start_daemon
 from kvstore.arena import Arena, align_up
-from kvstore.disk import FsyncMode, PageFiles
+from kvstore.disk import FsyncMode
+from kvstore.disk_tier import DiskTier
+from kvstore.index import Entry, EntryState, Index
+from kvstore.segments import SegmentFiles
 from runtime.kvstore_client import KVStoreClient
 from runtime.sizes import parse_size
 from runtime.token import new_token, write_token_file
@@ -82,10 +87,36 @@ def raw_direct(path: str, buffer: mmap.mmap, num_chunks: int, is_write: bool) ->
         os.close(fd)
 
 
+def disk_tier(disk_dir: str) -> DiskTier:
+    tier = DiskTier(SegmentFiles(disk_dir, FsyncMode.NEVER), 64 << 30,
+                    threading.Condition(threading.Lock()), Index())
+    tier.rebuild()
+    return tier
+
+
+def tier_write(tier: DiskTier, pool: ThreadPoolExecutor, arena: Arena, keys: list[bytes],
+               page: int) -> list[Entry]:
+    """Each page through DiskTier.write from the pool's threads, as evictions and write-through
+    call it; the entries, each on disk."""
+    entries = [Entry(key, page, EntryState.READY, num_pins=1) for key in keys]
+    assert all(pool.map(lambda i: tier.write(entries[i], arena.slot(i)), range(len(keys))))
+    return entries
+
+
+def tier_read(tier: DiskTier, pool: ThreadPoolExecutor, arena: Arena,
+              entries: list[Entry]) -> None:
+    """Each page through DiskTier.read_into (verified) from the pool's threads, as loads do."""
+    def read(i: int) -> None:
+        with tier.lock:
+            assert tier.read_into(entries[i], arena.slot(i)) is None
+    list(pool.map(read, range(len(entries))))
+
+
 def bench_disk(total: int, disk_dir: str, shm_dir: str) -> None:
-    files = PageFiles(disk_dir, FsyncMode.NEVER)
     pool = ThreadPoolExecutor(4)
-    print(f"NVMe tier ({disk_dir}, O_DIRECT={files.is_direct}): tier vs raw sequential O_DIRECT")
+    tier = disk_tier(disk_dir)
+    print(f"NVMe tier ({disk_dir}, O_DIRECT={tier.files.is_direct}, 4 threads): tier vs raw "
+          "sequential O_DIRECT in page-size chunks")
     for page in (256 << 10, 1 << 20, 4 << 20):
         num_pages = max(total // page, 1)
         arena = Arena.create(os.path.join(shm_dir, f"bench-disk-{page}"), page, num_pages)
@@ -96,19 +127,17 @@ def bench_disk(total: int, disk_dir: str, shm_dir: str) -> None:
         num_bytes = num_pages * page
         raw_w = best_rate(lambda: raw_direct(raw_path, raw_buffer, num_pages, True), num_bytes)
         raw_r = best_rate(lambda: raw_direct(raw_path, raw_buffer, num_pages, False), num_bytes)
-        # The tier runs page files on its I/O pool (4 threads), as the store does.
-        tier_w = best_rate(lambda: list(pool.map(
-            lambda i: files.write(keys[i], arena.slot(i), page), range(num_pages))), num_bytes)
-        tier_r = best_rate(lambda: list(pool.map(
-            lambda i: files.read_into(keys[i], page, arena.slot(i)), range(num_pages))), num_bytes)
+        written = []
+        tier_w = best_rate(lambda: written.append(tier_write(tier, pool, arena, keys, page)),
+                           num_bytes)
+        tier_r = best_rate(lambda: tier_read(tier, pool, arena, written[-1]), num_bytes)
         print(f"  page {page >> 10:5d} KiB: write {tier_w:5.2f} GB/s vs raw {raw_w:5.2f} "
               f"({tier_w / raw_w:4.0%}) | read {tier_r:5.2f} vs raw {raw_r:5.2f} "
               f"({tier_r / raw_r:4.0%})")
         os.unlink(raw_path)
-        for key in keys:
-            files.delete(key, page)
         arena.close()
         arena.unlink()
+    tier.close()
 
 
 def bench_remote(total: int, shm_dir: str) -> None:
