@@ -14,8 +14,10 @@ import errno
 import gc
 import logging
 import threading
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import xxhash
 
@@ -51,6 +53,13 @@ class Segment:
     num_bytes: int = ALIGN  # the index file's first block, then records written or being written
     num_appends: int = 0  # in flight
     entries: list[Entry] = field(default_factory=list)  # may hold entries since forgotten
+
+
+class PendingAppend(NamedTuple):
+    entry: Entry
+    segment: Segment
+    num_bytes: int
+    done: Future
 
 
 class DiskTier:
@@ -101,20 +110,35 @@ class DiskTier:
 
     def write(self, entry: Entry, slot: memoryview) -> bool:
         """Unlocked, entry pinned. A full disk skips the store (counted), never fails the caller."""
+        return self.write_all([(entry, slot)]) == 1
+
+    def write_all(self, pages: list[tuple[Entry, memoryview]]) -> int:
+        """Unlocked, entries pinned: write several pages at once (they share pwritev calls and,
+        with --fsync always, fdatasyncs); returns how many were written."""
+        appends = [self._queue(entry, slot) for entry, slot in pages]
+        return sum(self._finish(append) for append in appends if append is not None)
+
+    def _queue(self, entry: Entry, slot: memoryview) -> PendingAppend | None:
+        """Unlocked. Reserve room and queue the record, or count a skip and return None."""
         num_bytes = disk_bytes(entry.page_bytes)
         checksum = xxhash.xxh3_64_intdigest(slot[:entry.page_bytes])
         with self.lock:
             if not self._reserve(num_bytes):
                 self.counters.num_store_skips += 1
-                return False
+                return None
             segment = self._segment_for(num_bytes)
             segment.num_appends += 1
             segment.num_bytes += num_bytes
             done = self.appender.append(segment.seq, entry.key, slot, entry.page_bytes, checksum)
+        return PendingAppend(entry, segment, num_bytes, done)
+
+    def _finish(self, append: PendingAppend) -> bool:
+        """Unlocked. Wait for the record; then the entry's disk copy exists."""
+        entry, segment = append.entry, append.segment
         try:
-            offset = done.result()
+            offset = append.done.result()
         except OSError as error:
-            self._undo_append(segment, num_bytes, error)
+            self._undo_append(segment, append.num_bytes, error)
             return False
         with self.lock:
             segment.num_appends -= 1

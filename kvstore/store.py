@@ -178,8 +178,7 @@ class Store:
             for entry in lease.entries:
                 entry.num_pins += 1  # kept until the copies below are done
         if self.disk is not None and self.config.fsync is FsyncMode.ALWAYS:
-            for entry in lease.entries:
-                self.tiers.write_disk(entry)
+            self.tiers.write_disk(lease.entries)
         self._after_publish(lease.entries)
         return len(lease.entries)
 

@@ -141,9 +141,9 @@ class Tiers:
             self.backing.write(entry, self._slot(entry))
         self.unpin([entry])
 
-    def write_disk(self, entry: Entry) -> None:
-        """Unlocked, entry pinned in RAM: copy it to the NVMe tier now (fsync=always)."""
-        self.disk.write(entry, self._slot(entry))
+    def write_disk(self, entries: list[Entry]) -> None:
+        """Unlocked, entries pinned in RAM: copy them to the NVMe tier now (fsync=always)."""
+        self.disk.write_all([(entry, self._slot(entry)) for entry in entries])
 
     # Promotion -----------------------------------------------------------------------------
 
