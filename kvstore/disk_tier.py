@@ -23,7 +23,8 @@ import xxhash
 
 from kvstore.appender import Appender
 from kvstore.arena import ALIGN
-from kvstore.disk import INDEX_RECORD, SEGMENT_BYTES, CorruptPage, RecordIndex, disk_bytes, record_bytes
+from kvstore.disk import (INDEX_RECORD, SEGMENT_BYTES, CorruptPage, RecordIndex, disk_bytes,
+                          record_bytes)
 from kvstore.index import Entry, Index
 from kvstore.segments import SegmentFiles
 from kvstore.stats import TierCounters
@@ -72,6 +73,7 @@ class DiskTier:
         self.index = index
         self.counters = TierCounters()
         self.segments: dict[int, Segment] = {}  # oldest first; the last one is open
+        self.has_shrunk = False
         self.appender = Appender(files)
 
     @property
@@ -163,12 +165,15 @@ class DiskTier:
     def _shrink_budget(self, segment: Segment) -> None:
         """Lock held. The disk is full below the configured size: the budget becomes what the
         tier holds now (less the index file of `segment`, the one that filled it, not written
-        yet), so later stores reclaim its oldest segments instead of failing."""
+        yet), so later stores reclaim its oldest segments instead of failing. Warns once: the
+        records of one batch fail together, and each shrinks it a little more."""
         unwritten = ALIGN + len(segment.entries) * INDEX_RECORD.itemsize
         configured, self.capacity_bytes = self.capacity_bytes, self.num_bytes - unwritten
-        log.warning("NVMe tier: the disk is full at %d bytes of pages, below its budget of %d; the "
-                    "budget is now %d bytes (give --disk-size at most the free space)",
-                    self.num_bytes, configured, self.capacity_bytes)
+        log.log(logging.INFO if self.has_shrunk else logging.WARNING,
+                "NVMe tier: the disk is full at %d bytes of pages, below its budget of %d; the "
+                "budget is now %d bytes (give --disk-size at most the free space)",
+                self.num_bytes, configured, self.capacity_bytes)
+        self.has_shrunk = True
 
     def _segment_for(self, num_bytes: int) -> Segment:
         """Lock held. The open segment, a new one if the record does not fit (a record bigger

@@ -1,9 +1,9 @@
 """The mechanism under the store: RAM slots, eviction, demotion and promotion between tiers.
 
-    PrepareStore ──▶ RAM slot ──evict──▶ NVMe file ──evict──▶ gone
+    PrepareStore ──▶ RAM slot ──evict──▶ NVMe record ──segment reclaimed──▶ gone
                         │  (write-back; write-through copies at CompleteStore)
                         └──────evict (no NVMe tier)─────────▶ backing kvstore
-    PrepareLoad  ◀── RAM slot ◀─promote── NVMe file | backing kvstore
+    PrepareLoad  ◀── RAM slot ◀─promote── NVMe record | backing kvstore
 
 Locking: one lock (a Condition the store creates and hands to every part) guards the index,
 the slot lists and the counters. Methods marked "lock held" are called with it and may release
