@@ -59,6 +59,7 @@ class Appender:
         self.fd: int | None = None
         self.tail = 0
         self.records: list[IndexRecord] = []
+        self.is_dirty = False  # written since the last sync
         self.headers = aligned_buffer(HEADER_BYTES * MAX_BATCH_RECORDS)
         self.thread = threading.Thread(target=self._run, name="kv-append", daemon=True)
         self.thread.start()
@@ -121,6 +122,7 @@ class Appender:
             if batch[0].seq != self.seq:
                 self._open(batch[0].seq)
             self.files.append(self.fd, self._buffers(batch), self.tail)
+            self.is_dirty = True
         except Exception as error:  # ENOSPC above all: every caller sees it
             for job in batch:
                 job.done.set_exception(error)
@@ -154,7 +156,8 @@ class Appender:
 
     def _sync(self, done: Future) -> None:
         try:
-            if self.fd is not None:
+            if self.fd is not None and self.is_dirty:
+                self.is_dirty = False
                 self.files.sync(self.fd)
         except OSError as error:
             log.warning("segment %x not synced: %s", self.seq, error)
