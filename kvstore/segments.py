@@ -181,8 +181,10 @@ def _read_record(file, offset: int) -> IndexRecord | None:
 
 def _remove_page_files(root: str) -> None:
     """The one-file-per-page format of earlier versions is not imported: it is removed."""
-    for name in ("pages", "tmp"):
-        old = os.path.join(root, name)
-        if os.path.isdir(old):
-            log.warning("removing %s: page files of an earlier kvstore format (not imported)", old)
-            shutil.rmtree(old, ignore_errors=True)
+    old = [path for path in (os.path.join(root, "pages"), os.path.join(root, "tmp"))
+           if os.path.isdir(path)]
+    if old:
+        log.warning("removing %s: page files of an earlier kvstore format (not imported)",
+                    " and ".join(old))
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)

@@ -143,9 +143,10 @@ def test_old_page_files_are_removed_with_one_warning(shm_dir, tmp_path, caplog):
     old = tmp_path / "disk" / "pages" / "ab"
     old.mkdir(parents=True)
     (old / f"{'ab' * 32}-4096.page").write_bytes(b"x" * 8192)
+    (tmp_path / "disk" / "tmp").mkdir()   # where that format wrote files before renaming them
     with caplog.at_level(logging.WARNING, "strata.kvstore"), running(shm_dir, tmp_path) as kv:
         assert kv.store.num_rebuilt == 0
-    assert not (tmp_path / "disk" / "pages").exists()
+    assert not (tmp_path / "disk" / "pages").exists() and not (tmp_path / "disk" / "tmp").exists()
     assert len([r for r in caplog.records if "earlier kvstore format" in r.getMessage()]) == 1
 
 
