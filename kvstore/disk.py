@@ -38,8 +38,9 @@ INDEX_MAGIC = b"STKI"
 INDEX_HEADER = struct.Struct("<4sHHQQ")  # magic, version, flags, num_records, body checksum
 INDEX_RECORD = np.dtype([("key", "V32"), ("page_bytes", "<u8"), ("offset", "<u8"),
                          ("checksum", "<u8")])
-# 64 MiB: a crashed run's open segment is scanned in well under 0.1 s at start, and 1M 4 KiB
-# pages make 123 index files (rebuilt in 0.8-1.0 s here, bench.kvstore_rebuild).
+# 64 MiB: a crashed run's open segment is scanned in ~0.17 s at start (cold, measured here with
+# 4 KiB and 256 KiB pages), and 1M 4 KiB pages make 123 index files (rebuilt in 0.8-1.0 s here,
+# bench.kvstore_rebuild).
 SEGMENT_BYTES = 64 << 20
 
 
