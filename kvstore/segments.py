@@ -147,7 +147,7 @@ class SegmentFiles:
         """Sequence numbers of the segment files, oldest first; leftovers are removed (index
         files whose segment is gone, unfinished index files)."""
         names = os.listdir(self.dir)
-        seqs = sorted(int(name[:16], 16) for name in names if name.endswith(".seg"))
+        seqs = sorted(int(name[:16], 16) for name in names if _is_segment_name(name))
         for name in set(names) - {f"{seq:016x}.{ext}" for seq in seqs for ext in ("seg", "idx")}:
             os.unlink(os.path.join(self.dir, name))
         return seqs
@@ -173,6 +173,11 @@ class SegmentFiles:
                 log.warning("segment %x: torn tail cut at %d of %d bytes", seq, offset, size)
                 file.truncate(offset)
         return records
+
+
+def _is_segment_name(name: str) -> bool:
+    stem, dot, ext = name.partition(".")
+    return ext == "seg" and len(stem) == 16 and all(c in "0123456789abcdef" for c in stem)
 
 
 def _read_record(file, offset: int) -> IndexRecord | None:
