@@ -1,8 +1,8 @@
 """Synchronous segment-file I/O (format in disk.py): create, append, seal, verified read, scan.
 
-No lock and no state beyond the directory and the O_DIRECT probe: the appender thread
-(appender.py) writes, the store's threads read, and the NVMe tier (disk_tier.py) decides which
-segment a record goes to and when one is deleted.
+No lock and no state beyond the directory, the O_DIRECT probe and a header buffer per reading
+thread: the appender thread (appender.py) writes, the store's threads read, and the NVMe tier
+(disk_tier.py) decides which segment a record goes to and when one is deleted.
 """
 import errno
 import logging
