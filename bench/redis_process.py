@@ -98,6 +98,8 @@ def redis_cluster(directory: Path, num_masters: int = 3) -> Iterator[RedisCluste
         for index in range(num_masters):
             servers.append(start_server(directory / f"node{index}", "--cluster-enabled", "yes",
                                         "--cluster-config-file", "nodes.conf",
+                                        # the bus port, else port + 10000 (past 65535 for some)
+                                        "--cluster-port", str(free_port()),
                                         "--cluster-node-timeout", "2000",
                                         "--cluster-require-full-coverage", "no"))
         subprocess.run(["redis-cli", "--cluster", "create",

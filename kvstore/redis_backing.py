@@ -7,7 +7,7 @@ Writes are SET NX (PX when --backing-ttl) in pipelines on one writer thread, fed
 bounded in bytes: write() copies the page and returns at once (a full queue or an open circuit
 skips the store, counted). Lookups are pipelined EXISTS, fetches pipelined GETs. Eviction is the
 server's maxmemory policy. A value whose length, header or checksum is wrong is a miss (counted
-in num_corrupt), never data.
+in num_corrupt, and deleted), never data.
 
 Bounded time: every socket has a small timeout and no retries; the first failure opens a
 circuit, so calls miss at once for `cooldown_s`, then one call probes and a success closes it.
@@ -248,14 +248,29 @@ class RedisBacking(Backing):
             values = self._call("fetch", lambda client: self._get_all(client, batch), None)
             if values is None:
                 break
+            corrupt = []
             for key, value in zip(batch, values):
                 page = decode_value(value) if value is not None else None
                 if page is not None:
                     pages[key] = page
                 elif value is not None:
-                    self.count("num_corrupt")
-                    log.warning("backing value %s is corrupt: a miss", self._name(key))
+                    corrupt.append(self._name(key))
+            if corrupt:
+                self._delete_corrupt(corrupt)
         return pages
+
+    def _delete_corrupt(self, names: list[str]) -> None:
+        """Counted misses; deleted, since SET NX would never replace them with a good copy."""
+        log.warning("backing values corrupt (header, length or checksum): misses, deleted: %s",
+                    " ".join(names))
+        self.count("num_corrupt", len(names))
+
+        def delete_all(client) -> None:
+            pipe = client.pipeline(transaction=False)
+            for name in names:
+                pipe.delete(name)
+            pipe.execute()
+        self._call("delete", delete_all, None)
 
     def _get_all(self, client, keys: list[bytes]) -> list[bytes | None]:
         pipe = client.pipeline(transaction=False)
