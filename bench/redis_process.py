@@ -58,9 +58,11 @@ class RedisCluster:
         return "redis://" + ",".join(f"{HOST}:{server.port}" for server in self.servers)
 
 
-def start_server(directory: Path, *options: str, password: str | None = None) -> RedisServer:
-    """A redis-server on a free loopback port with `options`; returns once it answers PING."""
-    port = free_port()
+def start_server(directory: Path, *options: str, password: str | None = None,
+                 port: int | None = None) -> RedisServer:
+    """A redis-server on `port` (default: a free loopback port) with `options`; returns once it
+    answers PING."""
+    port = port or free_port()
     directory.mkdir(parents=True, exist_ok=True)
     argv = ["redis-server", "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
             "--dir", str(directory), *options]

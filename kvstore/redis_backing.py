@@ -167,25 +167,22 @@ class RedisBacking(Backing):
     def write(self, entry: Entry, slot: memoryview) -> bool:
         """Queue a copy of the page; False (a skipped store) when the queue is full or the
         circuit is open. Until it is sent the copy serves this store's fetches and lookups."""
-        size = entry.page_bytes + HEADER.size
+        if self.circuit.is_refusing():
+            self.count("num_store_skips")
+            return False
+        value = encode_value(slot[:entry.page_bytes])   # the copy, made before taking the lock
         with self.queue_lock:
             if entry.key in self.pending:
                 return True
-            can_queue = self.num_queued_bytes + size <= self.config.queue_bytes
-            self.num_queued_bytes += size if can_queue else 0
-        if not can_queue or self.circuit.is_refusing():
-            self._unreserve(size)
+            can_queue = self.num_queued_bytes + len(value) <= self.config.queue_bytes
+            if can_queue:
+                self.pending[entry.key] = value
+                self.num_queued_bytes += len(value)
+        if not can_queue:
             self.count("num_store_skips")
             return False
-        value = encode_value(slot[:entry.page_bytes])
-        with self.queue_lock:
-            self.pending[entry.key] = value
         self.queue.put(entry.key)
         return True
-
-    def _unreserve(self, size: int) -> None:
-        with self.queue_lock:
-            self.num_queued_bytes -= size
 
     def flush(self) -> None:
         """Wait until every queued write has been sent (or skipped)."""
