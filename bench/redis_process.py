@@ -36,6 +36,7 @@ class RedisServer:
     process: subprocess.Popen
     port: int
     password: str | None = None
+    ca_path: str | None = None   # TLS only (rediss://), trusting this certificate
 
     @property
     def pid(self) -> int:
@@ -43,10 +44,12 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://{':' + self.password + '@' if self.password else ''}{HOST}:{self.port}"
+        scheme = "rediss" if self.ca_path else "redis"
+        return f"{scheme}://{':' + self.password + '@' if self.password else ''}{HOST}:{self.port}"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(HOST, self.port, password=self.password, socket_timeout=5)
+        return redis.Redis(HOST, self.port, password=self.password, socket_timeout=5,
+                           ssl=self.ca_path is not None, ssl_ca_certs=self.ca_path)
 
 
 @dataclass
@@ -59,17 +62,22 @@ class RedisCluster:
 
 
 def start_server(directory: Path, *options: str, password: str | None = None,
-                 port: int | None = None) -> RedisServer:
-    """A redis-server on `port` (default: a free loopback port) with `options`; returns once it
-    answers PING."""
+                 port: int | None = None, tls: tuple[str, str] | None = None) -> RedisServer:
+    """A redis-server on `port` (default: a free loopback port) with `options`, TLS only with
+    tls=(cert PEM, key PEM); returns once it answers PING."""
     port = port or free_port()
     directory.mkdir(parents=True, exist_ok=True)
-    argv = ["redis-server", "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+    listen = ["--port", str(port)]
+    if tls:
+        listen = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", tls[0],
+                  "--tls-key-file", tls[1], "--tls-auth-clients", "no"]
+    argv = ["redis-server", *listen, "--bind", HOST, "--save", "", "--appendonly", "no",
             "--dir", str(directory), *options]
     if password:
         argv += ["--requirepass", password]
     log = open(directory / f"redis-{port}.log", "wb")
-    server = RedisServer(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), port, password)
+    server = RedisServer(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), port, password,
+                         tls[0] if tls else None)
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -83,8 +91,9 @@ def start_server(directory: Path, *options: str, password: str | None = None,
 
 
 @contextlib.contextmanager
-def redis_server(directory: Path, *options: str, password: str | None = None) -> Iterator[RedisServer]:
-    server = start_server(directory, *options, password=password)
+def redis_server(directory: Path, *options: str, password: str | None = None,
+                 tls: tuple[str, str] | None = None) -> Iterator[RedisServer]:
+    server = start_server(directory, *options, password=password, tls=tls)
     try:
         yield server
     finally:

@@ -124,7 +124,7 @@ class RedisBacking(Backing):
 
     def check_access(self) -> None:
         """Connect once. Raises BackingConfigError when the server refuses the login (a wrong
-        or missing password or user); a server that is down is only a warning."""
+        or missing password or user) or its certificate; a server that is down is a warning."""
         try:
             self._client()
         except redis.AuthenticationError as error:
@@ -132,6 +132,10 @@ class RedisBacking(Backing):
                 f"{self.config.target.describe()} refused the login ({error}): give the right "
                 "user:password in the --backing URL or $STRATA_KVSTORE_BACKING_PASSWORD") from None
         except (redis.RedisError, RedisClusterException) as error:
+            if "CERTIFICATE_VERIFY_FAILED" in str(error):
+                raise BackingConfigError(
+                    f"{self.config.target.describe()}'s TLS certificate is not trusted ({error}): "
+                    "give the CA that signed it with --backing-ca PEM") from None
             self.circuit.failed()
             log.warning("backing %s is down at start (%s): misses until it is back",
                         self.config.target.describe(), error)

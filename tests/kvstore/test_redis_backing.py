@@ -115,6 +115,26 @@ def test_an_acl_user_logs_in_with_its_own_password(server):
         backing_of(f"redis://strata:nope@127.0.0.1:{server.port}").check_access()
 
 
+def test_rediss_trusts_the_backing_ca_and_refuses_another(tmp_path):
+    for name in ("server", "other"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-keyout", f"{tmp_path}/{name}-key.pem", "-out", f"{tmp_path}/{name}.pem",
+                        "-subj", "/CN=strata-redis", "-addext", "subjectAltName=IP:127.0.0.1"],
+                       check=True, capture_output=True)
+    cert, key = f"{tmp_path}/server.pem", f"{tmp_path}/server-key.pem"
+    with redis_server(tmp_path / "redis", password="pw", tls=(cert, key)) as server:
+        backing = RedisBacking(RedisConfig(parse_target(server.url, cert)))
+        backing.check_access()
+        write(backing, "tls")
+        backing.flush()
+        assert backing.fetch([key_of("tls")]) == {key_of("tls"): page_of(key_of("tls"), PAGE)}
+        backing.close()
+        untrusting = RedisBacking(RedisConfig(parse_target(server.url, f"{tmp_path}/other.pem")))
+        with pytest.raises(BackingConfigError, match="--backing-ca"):
+            untrusting.check_access()
+        untrusting.close()
+
+
 def timed(function) -> tuple[object, float]:
     start = time.perf_counter()
     result = function()
