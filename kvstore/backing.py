@@ -39,8 +39,9 @@ class Backing(abc.ABC):
         False if the store was skipped."""
 
     @abc.abstractmethod
-    def fetch(self, keys: list[bytes]) -> dict[bytes, bytes]:
-        """The pages the backing holds among `keys` ({} when it is down). Never a corrupt page."""
+    def fetch(self, keys: list[bytes]) -> dict[bytes, bytes | memoryview]:
+        """The pages the backing holds among `keys` ({} when it is down), as bytes or a
+        read-only view the caller may keep. Never a corrupt page."""
 
     @abc.abstractmethod
     def num_leading_present(self, keys: list[bytes]) -> int:

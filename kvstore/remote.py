@@ -55,4 +55,4 @@ class RemotePages:
         if missing and self.backing is not None:
             for key, data in self.backing.fetch(missing).items():
                 self.backing.count_hit(len(data))
-                yield key, data
+                yield key, bytes(data)   # the wire takes bytes, not a view
