@@ -15,10 +15,12 @@ from urllib.parse import unquote
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import Encoder, PythonRespSerializer
 from redis.retry import Retry
 
 PASSWORD_ENV = "STRATA_KVSTORE_BACKING_PASSWORD"
 SCHEMES = ("redis://", "rediss://")
+LARGE_VALUE_BYTES = 6000   # redis-py's buffer cutoff: larger values are sent from their buffers
 
 
 class BackingConfigError(ValueError):
@@ -78,19 +80,42 @@ def _safe(url: str) -> str:
     return f"{scheme}://{rest.rpartition('@')[2]}"
 
 
+class LargeValues:
+    """A connection that sends values over 6,000 bytes from their own buffers (redis-py's
+    Python packer; replies are still parsed by hiredis). hiredis' packer first copies a whole
+    pipeline into one bytes: measured here, SET NX pipelines of 32 x 1 MiB ran at 0.75 GB/s
+    with it, 1.3 without. Single servers only: RedisCluster takes no connection class."""
+
+    def __init__(self, **kwargs) -> None:
+        encoder = Encoder(kwargs.get("encoding", "utf-8"), kwargs.get("encoding_errors", "strict"),
+                          kwargs.get("decode_responses", False))
+        super().__init__(command_packer=PythonRespSerializer(LARGE_VALUE_BYTES, encoder.encode),
+                         **kwargs)
+
+
+class LargeValueConnection(LargeValues, redis.Connection):
+    pass
+
+
+class LargeValueSSLConnection(LargeValues, redis.SSLConnection):
+    pass
+
+
 def connect(target: RedisTarget, timeout_s: float) -> redis.Redis | RedisCluster:
     """A client for one server or a cluster (several seeds, or a seed whose INFO says
     cluster_enabled:1). Raises redis' errors when the server is down or refuses the login."""
     options = dict(username=target.username, password=target.password, socket_timeout=timeout_s,
                    socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
-    if target.is_tls:
-        options.update(ssl=True, ssl_ca_certs=target.ca_path)
     if len(target.seeds) == 1:
-        host, port = target.seeds[0]
-        client = redis.Redis(host=host, port=port, db=target.db, **options)
+        client = redis.Redis(connection_pool=redis.ConnectionPool(
+            connection_class=LargeValueSSLConnection if target.is_tls else LargeValueConnection,
+            host=target.seeds[0][0], port=target.seeds[0][1], db=target.db, **options,
+            **(dict(ssl_ca_certs=target.ca_path) if target.is_tls else {})))
         if not client.info("cluster").get("cluster_enabled"):
             return client
         client.close()
     nodes = [ClusterNode(host, port) for host, port in target.seeds]
+    if target.is_tls:
+        options.update(ssl=True, ssl_ca_certs=target.ca_path)
     # Full coverage off: with a master down, keys on the others still hit.
     return RedisCluster(startup_nodes=nodes, require_full_coverage=False, **options)
