@@ -152,9 +152,18 @@ def start_up(args: list[str], timeout_s: float = 180) -> Iterator[Server]:
 
 def kvstore_stats(server: Server) -> kvstore_pb2.StatsResponse:
     """The Stats of the kvstore start_daemons started (kvstore_args)."""
+    return _ask_kvstore(server, KVStoreClient.stats)
+
+
+def kvstore_metrics(server: Server) -> str:
+    """That kvstore's Prometheus text (GetMetrics)."""
+    return _ask_kvstore(server, KVStoreClient.metrics)
+
+
+def _ask_kvstore(server: Server, call):
     client = KVStoreClient(server.kvstore_argv[2], token=TOKEN, timeout_s=5)
     try:
-        return client.stats()
+        return call(client)
     finally:
         client.close()
 

@@ -15,7 +15,7 @@ from bench.redis_process import missing_reason, redis_cluster, redis_server
 from checkpoints import load_hf_model
 from greedy_parity import generate_cached, hf_greedy, shared_prefix_cases
 from protos.v1 import generation_pb2, kvstore_pb2 as pb
-from servers import kvstore_stats, start_daemons, start_up
+from servers import kvstore_metrics, kvstore_stats, start_daemons, start_up
 
 pytestmark = [pytest.mark.system,
               pytest.mark.skipif(missing_reason() is not None, reason=str(missing_reason()))]
@@ -81,8 +81,10 @@ def test_cluster_spreads_pages_and_a_killed_master_costs_only_misses(llama_dir, 
             again = [generate_cached(daemons.stub, *case)[0] for case in cases[:8]]
             assert again == expected[:8]
             remote = kvstore_stats(daemons).tiers[-1]
+            metrics = kvstore_metrics(daemons)
     assert remote.tier == pb.TIER_REMOTE and remote.num_hits > 0   # loads came from the cluster
     assert remote.num_io_errors > 0    # the dead master: misses, then the circuit
+    assert f'strata:kvstore_hits_total{{tier="remote"}} {remote.num_hits}.0' in metrics
 
 
 def finished(daemons) -> int:
