@@ -234,7 +234,7 @@ class RedisBacking(Backing):
         return batch
 
     def _set_batch(self, names: list[str], values: list[bytes]) -> None:
-        ttl_ms = int(self.config.ttl_s * 1000) if self.config.ttl_s else None
+        ttl_ms = max(1, round(self.config.ttl_s * 1000)) if self.config.ttl_s else None
 
         def set_all(client) -> bool:
             pipe = client.pipeline(transaction=False)
