@@ -16,7 +16,7 @@ from kvstore.redis_backing import HEADER, PIPELINE_PAGES, RedisBacking, RedisCon
 from kvstore.redis_target import connect, parse_target
 
 PAGE_SIZES = [64 << 10, 256 << 10, 1 << 20, 4 << 20]
-REPEATS = 3
+REPEATS = 5   # the VM's noise is 30-50% run to run
 
 
 def bench_redis(total: int, url: str | None) -> None:
