@@ -32,6 +32,7 @@ DEFAULT_LISTEN = "127.0.0.1:50053"
 GRACE_SECONDS = 5.0
 TOKEN_ENV = "STRATA_KVSTORE_TOKEN"
 BACKING_ENV = "STRATA_KVSTORE_BACKING"
+DEFAULT_NAMESPACE = "default"   # the Redis backing's key prefix: strata:default:
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +73,7 @@ def add_backing_flags(parser: argparse.ArgumentParser) -> None:
     backing.add_argument("--backing-token", default=os.environ.get("STRATA_KVSTORE_BACKING_TOKEN"),
                          help="a kvstore backing's bearer token (env STRATA_KVSTORE_BACKING_TOKEN); "
                               "a Redis password goes in the URL or $STRATA_KVSTORE_BACKING_PASSWORD")
-    backing.add_argument("--backing-namespace", default="default",
+    backing.add_argument("--backing-namespace", default=DEFAULT_NAMESPACE,
                          help="Redis: keys are strata:NAMESPACE:<page key>; instances that share "
                               "pages use the same one")
     backing.add_argument("--backing-ttl", type=positive_seconds, default=None,
@@ -117,6 +118,9 @@ def open_backing(args: argparse.Namespace) -> Backing | None:
         return None
     if is_redis_url(args.backing):
         return open_redis_backing(args)
+    if args.backing_ttl is not None or args.backing_namespace != DEFAULT_NAMESPACE:
+        raise BackingConfigError("--backing-ttl and --backing-namespace are for a Redis backing "
+                                 f"(redis://...), not the kvstore at {args.backing}: drop them")
     ca_pem = open(args.backing_ca, "rb").read() if args.backing_ca else None
     return KVStoreBacking(KVStoreClient(args.backing, token=args.backing_token, ca_pem=ca_pem))
 

@@ -61,6 +61,8 @@ def parse_target(url: str, ca_path: str | None = None) -> RedisTarget:
                          int(path.strip("/") or 0), scheme == "rediss", ca_path)
     if ca_path and not target.is_tls:
         raise BackingConfigError("--backing-ca needs a rediss:// URL (TLS); redis:// is plain TCP")
+    if ca_path and not os.path.isfile(ca_path):
+        raise BackingConfigError(f"--backing-ca {ca_path}: no such file (the CA's PEM certificate)")
     if len(seeds) > 1 and target.db:
         raise BackingConfigError("a Redis Cluster has only database 0: drop the /DB from --backing")
     return target

@@ -224,6 +224,8 @@ def test_a_backing_down_at_start_is_a_warning_then_misses(tmp_path):
     (["--backing", "redis://a:1,b:2/3"], "only database 0"),
     (["--backing", "redis://cache:6379", "--backing-ca", "ca.pem"], "needs a rediss:// URL"),
     (["--backing", "redis://cache:6379", "--backing-namespace", "a:b"], "without spaces or ':'"),
+    (["--backing", "rediss://cache:6379", "--backing-ca", "/nonexistent.pem"], "no such file"),
+    (["--backing", "cache:7433", "--backing-ttl", "60"], "are for a Redis backing"),
 ])
 def test_a_bad_backing_flag_says_what_to_change(argv, message):
     args = daemon.build_parser().parse_args(argv)
