@@ -4,16 +4,17 @@
     value  header (magic, version, page_bytes, xxh3-64 of the page) + the page's bytes
 
 Writes are SET NX (PX when --backing-ttl) in pipelines on one writer thread, fed by a queue
-bounded in bytes: write() copies the page and returns at once (a full queue or an open circuit
-skips the store, counted). Lookups are pipelined EXISTS, fetches pipelined GETs. Eviction is the
-server's maxmemory policy. A value whose length, header or checksum is wrong is a miss (counted
+whose page copies live in reused buffers bounded in bytes (buffer_pool.py): write() copies the
+page and returns at once (a full queue or an open circuit skips the store, counted). Lookups
+are pipelined EXISTS, fetches pipelined GETs. Eviction is the server's maxmemory policy. A value whose length, header or checksum is wrong is a miss (counted
 in num_corrupt, and deleted), never data.
 
 Bounded time: every socket has a small timeout and no retries; the first failure opens a
 circuit, so calls miss at once for `cooldown_s`, then one call probes and a success closes it.
 
 Locking: no store lock is taken here; network I/O runs unlocked; the counters have the Backing
-lock, the pending writes and their byte count `queue_lock`, the circuit its own.
+lock, the pending writes and their buffers `queue_lock`, the client `client_lock`, the circuit
+its own.
 """
 import logging
 import queue
@@ -285,8 +286,9 @@ class RedisBacking(Backing):
         return pipe.execute()
 
     def num_leading_present(self, keys: list[bytes]) -> int:
-        with self.queue_lock:
-            num_present = next((i for i, key in enumerate(keys) if key not in self.pending), len(keys))
+        with self.queue_lock:   # the leading pages still on their way count as present
+            num_present = next((i for i, key in enumerate(keys) if key not in self.pending),
+                               len(keys))
         keys = keys[num_present:]
         for start in range(0, len(keys), PIPELINE_KEYS):
             batch = keys[start:start + PIPELINE_KEYS]
