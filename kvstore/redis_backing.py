@@ -6,8 +6,9 @@
 Writes are SET NX (PX when --backing-ttl) in pipelines on one writer thread, fed by a queue
 whose page copies live in reused buffers bounded in bytes (buffer_pool.py): write() copies the
 page and returns at once (a full queue or an open circuit skips the store, counted). Lookups
-are pipelined EXISTS, fetches pipelined GETs. Eviction is the server's maxmemory policy. A value whose length, header or checksum is wrong is a miss (counted
-in num_corrupt, and deleted), never data.
+are pipelined EXISTS, fetches pipelined GETs. Eviction is the server's maxmemory policy. A
+value whose length, header or checksum is wrong is a miss (counted in num_corrupt, and deleted),
+never data.
 
 Bounded time: every socket has a small timeout and no retries; the first failure opens a
 circuit, so calls miss at once for `cooldown_s`, then one call probes and a success closes it.
