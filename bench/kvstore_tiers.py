@@ -1,12 +1,14 @@
 """Benchmark the kvstore's tiers against the machine's raw limits, measured in the same run.
 
-    python bench/kvstore_tiers.py [--total 256MiB] [--disk-dir DIR]
+    python bench/kvstore_tiers.py [--total 256MiB] [--disk-dir DIR] [--redis URL]
 
 1. RAM: page copies into / out of mapped arena slots vs np.copyto between two private buffers.
 2. NVMe: DiskTier.write (checksum, then the appender's batched O_DIRECT pwritev of header +
    page records into segments) and DiskTier.read_into (O_DIRECT preadv + header and xxh3 checks)
    vs raw sequential O_DIRECT of one file in page-size chunks.
 3. Remote: PutPages / GetPages streams to a kvstore process over TCP loopback.
+4. Redis: the Redis backing's put/get vs a raw redis-py pipeline (bench/kvstore_redis.py), on
+   --redis URL or a private redis-server.
 """
 import argparse
 import mmap
@@ -21,6 +23,7 @@ import numpy as np
 
 from bench.kvstore_pages import key_of
 from bench.kvstore_process import start_daemon
+from bench.kvstore_redis import bench_redis
 from kvstore.arena import Arena, align_up
 from kvstore.disk import FsyncMode
 from kvstore.disk_tier import DiskTier
@@ -178,6 +181,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--total", type=parse_size, default=parse_size("256MiB"))
     parser.add_argument("--disk-dir", default=None, help="on the NVMe disk (default: a temp dir)")
+    parser.add_argument("--redis", default=None, metavar="URL",
+                        help="the Redis/Valkey server for the Redis backing's part (default: a "
+                             "private redis-server); its keys are the bench's own, deleted after")
     args = parser.parse_args()
     print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} (no torch here), "
           f"{os.cpu_count()} CPUs, total {args.total >> 20} MiB per measurement")
@@ -187,6 +193,7 @@ def main() -> None:
         bench_ram(args.total, shm_dir)
         bench_disk(args.total, disk_dir, shm_dir)
         bench_remote(args.total, shm_dir)
+        bench_redis(args.total, args.redis)
     finally:
         shutil.rmtree(shm_dir, ignore_errors=True)
         shutil.rmtree(disk_dir, ignore_errors=True)

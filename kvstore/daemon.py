@@ -1,6 +1,6 @@
 """`strata kvstore`: run the kvstore daemon.
 
-    strata kvstore --ram 4GiB --disk DIR --disk-size 50GiB [--backing ADDR] [--listen ADDR]
+    strata kvstore --ram 4GiB --disk DIR --disk-size 50GiB [--backing ADDR|URL] [--listen ADDR]
 """
 import argparse
 import logging
@@ -10,7 +10,10 @@ import sys
 import grpc
 import prometheus_client
 
+from kvstore.backing import Backing, KVStoreBacking
 from kvstore.disk import FsyncMode
+from kvstore.redis_backing import RedisBacking, RedisConfig
+from kvstore.redis_target import BackingConfigError, is_redis_url, parse_target
 from kvstore.service import SERVICE_NAME, KVStoreService
 from kvstore.store import Store, StoreConfig
 from protos.v1 import kvstore_pb2, kvstore_pb2_grpc
@@ -28,6 +31,8 @@ log = logging.getLogger("strata.kvstore")
 DEFAULT_LISTEN = "127.0.0.1:50053"
 GRACE_SECONDS = 5.0
 TOKEN_ENV = "STRATA_KVSTORE_TOKEN"
+BACKING_ENV = "STRATA_KVSTORE_BACKING"
+DEFAULT_NAMESPACE = "default"   # the Redis backing's key prefix: strata:default:
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,9 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="copy each stored page to the lower tiers at once (default: on eviction)")
     parser.add_argument("--policy", choices=["lru", "fifo"], default="lru")
     parser.add_argument("--lease-ttl", type=float, default=30.0, help="seconds")
-    parser.add_argument("--backing", default=None, help="HOST:PORT of the kvstore below this one")
-    parser.add_argument("--backing-ca", default=None, help="CA cert (PEM) to reach it over TLS")
-    parser.add_argument("--backing-token", default=os.environ.get("STRATA_KVSTORE_BACKING_TOKEN"))
+    add_backing_flags(parser)
     parser.add_argument("--listen", action="append", default=None,
                         help=f"HOST:PORT or unix:PATH, repeatable (default {DEFAULT_LISTEN})")
     parser.add_argument("--tls-cert", default=None)
@@ -58,6 +61,36 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow a non-loopback TCP listener without TLS (a private network such "
                              "as compose's); the token still guards every call")
     return parser
+
+
+def add_backing_flags(parser: argparse.ArgumentParser) -> None:
+    backing = parser.add_argument_group("backing (the tier below: another kvstore, or Redis/Valkey)")
+    backing.add_argument("--backing", default=os.environ.get(BACKING_ENV) or None,
+                         help="HOST:PORT of the kvstore below this one, or redis://[user:password@]"
+                              "host:port[/db], rediss://... (TLS), redis://h1:p1,h2:p2,... (a Redis "
+                              f"Cluster); default ${BACKING_ENV} (empty: none)")
+    backing.add_argument("--backing-ca", default=None, help="CA cert (PEM) to reach it over TLS")
+    backing.add_argument("--backing-token", default=os.environ.get("STRATA_KVSTORE_BACKING_TOKEN"),
+                         help="a kvstore backing's bearer token (env STRATA_KVSTORE_BACKING_TOKEN); "
+                              "a Redis password goes in the URL or $STRATA_KVSTORE_BACKING_PASSWORD")
+    backing.add_argument("--backing-namespace", default=DEFAULT_NAMESPACE,
+                         help="Redis: keys are strata:NAMESPACE:<page key>; instances that share "
+                              "pages use the same one")
+    backing.add_argument("--backing-ttl", type=positive_seconds, default=None,
+                         help="Redis: seconds a page lives (default: until maxmemory evicts it)")
+    backing.add_argument("--backing-timeout", type=positive_seconds, default=0.5,
+                         help="Redis: connect and socket timeout in seconds; past it a call is a "
+                              "miss and the backing is skipped for a second")
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0 (e.g. 0.5, 3600)")
+    return value
 
 
 def kvstore_token(args: argparse.Namespace) -> str | None:
@@ -77,11 +110,41 @@ def bind_listeners(server: grpc.Server, args: argparse.Namespace) -> list[str]:
     return add_listeners(server, addresses, server_credentials(args.tls_cert, args.tls_key))
 
 
-def open_backing(args: argparse.Namespace) -> KVStoreClient | None:
+def open_backing(args: argparse.Namespace) -> Backing | None:
+    """The backing --backing names: Redis/Valkey for a redis:// or rediss:// URL (its login
+    checked now; one that is down is a warning), else another kvstore. Raises
+    BackingConfigError for a flag to change."""
     if args.backing is None:
         return None
+    if is_redis_url(args.backing):
+        return open_redis_backing(args)
+    if args.backing_ttl is not None or args.backing_namespace != DEFAULT_NAMESPACE:
+        raise BackingConfigError("--backing-ttl and --backing-namespace are for a Redis backing "
+                                 f"(redis://...), not the kvstore at {args.backing}: drop them")
     ca_pem = open(args.backing_ca, "rb").read() if args.backing_ca else None
-    return KVStoreClient(args.backing, token=args.backing_token, ca_pem=ca_pem)
+    return KVStoreBacking(KVStoreClient(args.backing, token=args.backing_token, ca_pem=ca_pem))
+
+
+def open_redis_backing(args: argparse.Namespace) -> RedisBacking:
+    if not args.backing_namespace or any(c.isspace() or c == ":" for c in args.backing_namespace):
+        raise BackingConfigError(f"--backing-namespace {args.backing_namespace!r}: give a "
+                                 "non-empty name without spaces or ':' (e.g. prod-llama)")
+    config = RedisConfig(parse_target(args.backing, args.backing_ca), args.backing_namespace,
+                         args.backing_ttl, args.backing_timeout)
+    backing = RedisBacking(config)
+    try:
+        backing.check_access()
+    except BackingConfigError:
+        backing.close()
+        raise
+    return backing
+
+
+def describe_backing(backing: str | None) -> str:
+    """--backing for the log, without a Redis URL's credentials."""
+    if backing is None:
+        return "off"
+    return parse_target(backing).describe() if is_redis_url(backing) else backing
 
 
 def build_server(store: Store, args: argparse.Namespace) -> tuple[grpc.Server, Health]:
@@ -101,14 +164,18 @@ def main(argv: list[str] | None = None) -> int:
                          disk_bytes=args.disk_size, fsync=FsyncMode(args.fsync),
                          is_write_through=args.write_through, lease_ttl_s=args.lease_ttl,
                          policy=args.policy)
-    store = Store(config, open_backing(args))
+    try:
+        backing = open_backing(args)
+    except BackingConfigError as error:
+        raise SystemExit(f"strata kvstore: {error}") from None
+    store = Store(config, backing)
     log.info("index rebuilt: %d pages in %.3f s", store.num_rebuilt, store.rebuild_s)
     server, health = build_server(store, args)
     bound = bind_listeners(server, args)
     server.start()
     health.mark_ready()
     log.info("listening on %s (ram %d bytes, disk %s, backing %s)", " ".join(bound), args.ram,
-             args.disk or "off", args.backing or "off")
+             args.disk or "off", describe_backing(args.backing))
     stop = stop_on_signals()
     stop.wait()
     drain(server, health, GRACE_SECONDS, store.close)

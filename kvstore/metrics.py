@@ -20,9 +20,11 @@ TIER_COUNTERS = (
     ("evictions", "num_evictions", "Pages evicted from this tier (demoted or dropped)."),
     ("bytes_in", "bytes_in", "Bytes written into this tier."),
     ("bytes_out", "bytes_out", "Bytes read out of this tier."),
-    ("store_skips", "num_store_skips", "Stores into this tier skipped (disk full, backing down)."),
-    ("corrupt_pages", "num_corrupt", "Pages found corrupt (checksum) and deleted."),
-    ("disk_errors", "num_io_errors", "I/O errors: failed page file writes, vanished page files."),
+    ("store_skips", "num_store_skips",
+     "Stores into this tier skipped (disk full, backing down, backing write queue full)."),
+    ("corrupt_pages", "num_corrupt", "Pages found corrupt (checksum, header, length) and deleted."),
+    ("disk_errors", "num_io_errors",
+     "I/O errors: failed page file writes, vanished page files; failed backing calls."),
 )
 
 

@@ -4,7 +4,7 @@ Local clients never move bytes this way: they use the shared-memory arena."""
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
-from kvstore.backing import BackingTier
+from kvstore.backing import Backing
 from kvstore.errors import InvalidArgument
 from kvstore.index import Entry, Index, check_keys
 from kvstore.tiers import Tiers
@@ -12,7 +12,7 @@ from kvstore.tiers import Tiers
 
 class RemotePages:
     def __init__(self, lock: threading.Condition, index: Index, tiers: Tiers,
-                 backing: BackingTier | None, publish: Callable[[list[Entry]], None]) -> None:
+                 backing: Backing | None, publish: Callable[[list[Entry]], None]) -> None:
         """`publish(entries)`: called unlocked with each stored entry pinned once; it takes the
         pin over (copies the page down if the store writes through, then unpins)."""
         self.lock = lock
@@ -54,6 +54,5 @@ class RemotePages:
                 yield key, data
         if missing and self.backing is not None:
             for key, data in self.backing.fetch(missing).items():
-                with self.lock:
-                    self.backing.counters.count_hit(len(data))
-                yield key, data
+                self.backing.count_hit(len(data))
+                yield key, bytes(data)   # the wire takes bytes, not a view

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from kvstore.backing import BackingTier
+from kvstore.backing import Backing
 from kvstore.disk import FsyncMode
 from kvstore.disk_tier import DiskTier
 from kvstore.errors import InvalidArgument, NoRoom, NotRegistered
@@ -31,7 +31,7 @@ from kvstore.segments import SegmentFiles
 from kvstore.stats import StoreStats, Tier
 from kvstore.tiers import Tiers
 from runtime.arenas import DEFAULT_ARENA_DIR
-from runtime.kvstore_client import KVStoreClient, LoadPlan, StorePlan
+from runtime.kvstore_client import LoadPlan, StorePlan
 
 log = logging.getLogger("strata.kvstore")
 
@@ -57,7 +57,9 @@ class RegisterResult(NamedTuple):
 
 
 class Store:
-    def __init__(self, config: StoreConfig, backing: KVStoreClient | None = None) -> None:
+    def __init__(self, config: StoreConfig, backing: Backing | None = None) -> None:
+        """`backing`: the tier below (daemon.open_backing builds it from --backing); the store
+        owns it from here and closes it."""
         self.config = config
         self.lock = threading.Condition(threading.Lock())
         self.index = Index()
@@ -67,7 +69,7 @@ class Store:
         self.ram = RamTier(config.shm_dir, config.ram_bytes)
         self.disk = DiskTier(SegmentFiles(config.disk_dir, config.fsync), config.disk_bytes,
                              self.lock, self.index) if config.disk_dir else None
-        self.backing = BackingTier(backing, self.lock) if backing is not None else None
+        self.backing = backing
         self.tiers = Tiers(self.lock, self.index, self.ram, self.disk, self.backing, policy)
         self.remote_pages = RemotePages(self.lock, self.index, self.tiers, self.backing,
                                         publish=self._after_publish)
@@ -184,7 +186,7 @@ class Store:
 
     def _after_publish(self, entries: list[Entry]) -> None:
         """Unlocked, entries pinned: hand them to the write-through mover, or unpin."""
-        if self.config.is_write_through and self.tiers.can_copy_down():
+        if self.is_write_through and self.tiers.can_copy_down():
             for entry in entries:
                 self.mover.submit(self.tiers.copy_down, entry)
             return
@@ -234,7 +236,7 @@ class Store:
                                      not self.tiers.promote_from_disk(entry)):
                     return
                 entry.is_in_backing = True
-                self.backing.counters.count_hit(page_bytes)
+                self.backing.count_hit(page_bytes)
                 self._pin(entry, lease)
 
     def complete_load(self, lease_id: int) -> int:
@@ -256,6 +258,11 @@ class Store:
         with self.lock:
             return StoreStats(self.tiers.snapshots(), len(self.leases), self.leases.num_expired,
                               len(self.namespaces))
+
+    @property
+    def is_write_through(self) -> bool:
+        """--write-through, or a shared backing (other instances must see pages soon)."""
+        return self.config.is_write_through or (self.backing is not None and self.backing.is_shared)
 
     @property
     def disk_capacity_bytes(self) -> int:

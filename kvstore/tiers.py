@@ -2,8 +2,8 @@
 
     PrepareStore ──▶ RAM slot ──evict──▶ NVMe record ──segment reclaimed──▶ gone
                         │  (write-back; write-through copies at CompleteStore)
-                        └──────evict (no NVMe tier)─────────▶ backing kvstore
-    PrepareLoad  ◀── RAM slot ◀─promote── NVMe record | backing kvstore
+                        └──────evict (no NVMe tier)─────────▶ backing (kvstore, Redis)
+    PrepareLoad  ◀── RAM slot ◀─promote── NVMe record | backing
 
 Locking: one lock (a Condition the store creates and hands to every part) guards the index,
 the slot lists and the counters. Methods marked "lock held" are called with it and may release
@@ -12,7 +12,7 @@ called without it.
 """
 import threading
 
-from kvstore.backing import BackingTier
+from kvstore.backing import Backing
 from kvstore.disk import CorruptPage
 from kvstore.disk_tier import DiskTier
 from kvstore.errors import NoRoom
@@ -27,7 +27,7 @@ class Tiers:
     moves. The store decides which pages a lease holds; this decides where their bytes are."""
 
     def __init__(self, lock: threading.Condition, index: Index, ram: RamTier,
-                 disk: DiskTier | None, backing: BackingTier | None,
+                 disk: DiskTier | None, backing: Backing | None,
                  policy: EvictionPolicy) -> None:
         self.lock = lock
         self.index = index
@@ -128,7 +128,15 @@ class Tiers:
         """Unlocked, entry pinned in RAM: copy it to the next tier down."""
         if self.disk is not None:
             return self.disk.write(entry, self._slot(entry))
-        return self.backing.write(entry, self._slot(entry))
+        return self._write_backing(entry)
+
+    def _write_backing(self, entry: Entry) -> bool:
+        """Unlocked, entry pinned in RAM: copy it to the backing; flag it there on success."""
+        if not self.backing.write(entry, self._slot(entry)):
+            return False
+        with self.lock:
+            entry.is_in_backing = True
+        return True
 
     def can_copy_down(self) -> bool:
         return self.disk is not None or self.backing is not None
@@ -138,7 +146,7 @@ class Tiers:
         if self.disk is not None and not entry.is_on_disk:
             self.disk.write(entry, self._slot(entry))
         if self.backing is not None and not entry.is_in_backing:
-            self.backing.write(entry, self._slot(entry))
+            self._write_backing(entry)
         self.unpin([entry])
 
     def write_disk(self, entries: list[Entry]) -> None:

@@ -84,6 +84,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     tiers.add_argument("--kvstore-disk", default=None,
                        help="disk tier size under <data-dir>/kvstore, e.g. 20GiB; 0 turns it off "
                             "(default: 1/4 of the free space there, at most 16GiB)")
+    tiers.add_argument("--kvstore-backing", metavar="URL", default=None,
+                       help="a cache shared with other instances: redis://[user:password@]host:port, "
+                            "rediss://..., redis://h1:p1,h2:p2 (a cluster), or another kvstore's "
+                            "HOST:PORT (`strata kvstore --backing`; a Redis password may come from "
+                            "$STRATA_KVSTORE_BACKING_PASSWORD)")
     return parser
 
 
@@ -193,6 +198,8 @@ def kvstore_argv(args: argparse.Namespace, listen: str, token_file: str) -> list
         disk_dir = args.data_dir / "kvstore"
         disk_dir.mkdir(parents=True, exist_ok=True)
         argv += ["--disk", str(disk_dir), "--disk-size", disk]
+    if args.kvstore_backing:
+        argv += ["--backing", args.kvstore_backing]
     return argv
 
 

@@ -26,8 +26,9 @@ from typing import Iterator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from internal_token import TOKEN_FILE
-from protos.v1 import generation_pb2_grpc
+from internal_token import TOKEN, TOKEN_FILE
+from protos.v1 import generation_pb2_grpc, kvstore_pb2
+from runtime.kvstore_client import KVStoreClient
 from strata.launcher import is_http_ready
 from strata.supervisor import stop_processes  # noqa: F401 - tests import it from here
 
@@ -147,6 +148,24 @@ def start_up(args: list[str], timeout_s: float = 180) -> Iterator[Server]:
     finally:
         stop_processes([process], grace_s=30)
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def kvstore_stats(server: Server) -> kvstore_pb2.StatsResponse:
+    """The Stats of the kvstore start_daemons started (kvstore_args)."""
+    return _ask_kvstore(server, KVStoreClient.stats)
+
+
+def kvstore_metrics(server: Server) -> str:
+    """That kvstore's Prometheus text (GetMetrics)."""
+    return _ask_kvstore(server, KVStoreClient.metrics)
+
+
+def _ask_kvstore(server: Server, call):
+    client = KVStoreClient(server.kvstore_argv[2], token=TOKEN, timeout_s=5)
+    try:
+        return call(client)
+    finally:
+        client.close()
 
 
 def wait_http_ready(url: str, timeout_s: float = 60) -> None:

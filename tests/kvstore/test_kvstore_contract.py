@@ -1,5 +1,5 @@
-"""The kvstore contract, parametrized over RAM-only, RAM+NVMe and RAM+remote (a second kvstore
-process as backing). The store under test runs in this process behind real gRPC on a unix
+"""The kvstore contract, parametrized over RAM-only, RAM+NVMe, RAM+remote (a second kvstore
+process as backing) and RAM+redis (a private redis-server as backing). The store under test runs in this process behind real gRPC on a unix
 socket; clients map its real shared-memory arena."""
 import subprocess
 import time
@@ -13,8 +13,10 @@ from kvstore.store import Store, StoreConfig
 from kvstore_harness import NUM_SLOTS, PAGE, Harness, uid
 from protos.v1 import kvstore_pb2 as pb
 
-# ram+remote starts a second kvstore process (the `backing` fixture): a system test.
-TIERS = ["ram", "ram+nvme", pytest.param("ram+remote", marks=pytest.mark.system)]
+# ram+remote starts a second kvstore process (the `backing` fixture), ram+redis a redis-server
+# (`redis_url`): system tests.
+TIERS = ["ram", "ram+nvme", pytest.param("ram+remote", marks=pytest.mark.system),
+         pytest.param("ram+redis", marks=pytest.mark.system)]
 
 
 @pytest.mark.parametrize("tier", TIERS)
@@ -32,7 +34,7 @@ def test_evicted_page_comes_back_from_the_lower_tier(make, tier):
     names = [uid(i) for i in range(NUM_SLOTS + 2)]
     for name in names:
         kv.put(name)
-    expected_first = {"ram": 0, "ram+nvme": 1, "ram+remote": 1}[tier]
+    expected_first = {"ram": 0, "ram+nvme": 1, "ram+remote": 1, "ram+redis": 1}[tier]
     assert len(kv.get(names[0])) == expected_first
     if expected_first:
         assert kv.get(names[0]) == [page_of(key_of(names[0]), PAGE)]
@@ -121,7 +123,8 @@ def test_eviction_order_is_lru(make, tier):
         kv.put(name)
     kv.get(names[0])  # 0 becomes most recent: 1 is now the least recently used
     kv.put(uid("newcomer"))
-    lower = {"ram": [], "ram+nvme": [pb.TIER_DISK], "ram+remote": [pb.TIER_REMOTE]}[tier]
+    lower = {"ram": [], "ram+nvme": [pb.TIER_DISK], "ram+remote": [pb.TIER_REMOTE],
+             "ram+redis": [pb.TIER_REMOTE]}[tier]
     assert kv.tiers(names[1]) == lower
     assert kv.tiers(names[0], *names[2:]) == [pb.TIER_RAM] * (NUM_SLOTS - 1)
 

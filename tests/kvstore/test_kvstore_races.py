@@ -45,7 +45,7 @@ def test_race_two_clients_prepare_the_same_key_only_one_gets_a_slot(make, tier):
     assert kv.client.lookup("model-a", [key]).num_present == 1
 
 
-@pytest.mark.parametrize("tier", ["ram", "ram+nvme", "ram+remote"])
+@pytest.mark.parametrize("tier", ["ram", "ram+nvme", "ram+remote", "ram+redis"])
 def test_race_loads_during_eviction_pressure_never_see_another_pages_bytes(make, tier):
     kv = make(tier, num_slots=6)
     names = [uid(i) for i in range(12)]

@@ -110,3 +110,16 @@ def test_up_refuses_a_non_loopback_host_without_tls_or_insecure(tmp_path):
         parse_up_args(build_parser("strata up"), ["--tls-cert", "c.pem"])
     assert parse_up_args(build_parser("strata up"), ["--host", "0.0.0.0", "--insecure"]).insecure
     assert parse_up_args(build_parser("strata up"), ["--host", "0.0.0.0", "--tls-cert", "c", "--tls-key", "k"])
+
+
+def test_kvstore_backing_reaches_the_kvstore_as_its_backing(tmp_path):
+    from strata.launcher import build_parser, child_specs
+
+    def kvstore_argv(*flags: str) -> list[str]:
+        args = build_parser("strata up").parse_args(["--data-dir", str(tmp_path), *flags])
+        args.data_dir = tmp_path
+        return next(spec.argv for spec in child_specs(args, tmp_path) if spec.name == "kvstore")
+
+    assert "--backing" not in kvstore_argv()
+    shared = kvstore_argv("--kvstore-backing", "redis://cache:6379")
+    assert shared[shared.index("--backing") + 1] == "redis://cache:6379"

@@ -73,14 +73,31 @@ def listen_port(services: dict, name: str) -> str:
     return (listen[0] if isinstance(listen, list) else listen).rpartition(":")[2]
 
 
+def default_services(services: dict) -> dict:
+    """The services `docker compose up` starts: those outside every profile."""
+    return {name: service for name, service in services.items() if not service.get("profiles")}
+
+
 def test_three_services_from_one_image_built_here(services):
     # The daemons, their one-shot token writer and the HTTP gateway.
-    assert set(services) == {*SERVICES, "token", "gateway"}
-    for service in services.values():
+    assert set(default_services(services)) == {*SERVICES, "token", "gateway"}
+    for service in default_services(services).values():
         assert service["image"] == "strata:local"
         assert service["build"]["context"] == "."
         assert interpolate(service["build"]["args"]["TORCH_INDEX"]).endswith("/whl/cpu")
     assert [services[name]["restart"] for name in SERVICES] == ["unless-stopped"] * len(SERVICES)
+
+
+def test_redis_backing_is_a_profile_the_kvstore_reads_from_its_environment(services, monkeypatch):
+    """`--profile redis` adds a Valkey server; the kvstore's --backing defaults to
+    $STRATA_KVSTORE_BACKING, which compose leaves empty (no backing) unless it is set."""
+    assert services["redis"]["profiles"] == ["redis"] and "ports" not in services["redis"]
+    environment = services["kvstore"]["environment"]
+    assert interpolate(environment["STRATA_KVSTORE_BACKING"]) == ""
+    assert parsed(services, "kvstore").backing is None
+    monkeypatch.setenv("STRATA_KVSTORE_BACKING", "redis://redis:6379")
+    argv = command(services, "kvstore")
+    assert kvstore_daemon.build_parser().parse_args(argv[1:]).backing == "redis://redis:6379"
 
 
 def test_every_command_parses_with_its_daemon_parser(services):

@@ -11,11 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from checkpoints import load_hf_model
-from greedy_parity import generate_tokens, greedy_request, hf_greedy
-from internal_token import TOKEN
+from greedy_parity import generate_tokens, greedy_request, hf_greedy, shared_prefix_cases
 from protos.v1 import generation_pb2
-from runtime.kvstore_client import KVStoreClient
-from servers import start_daemons, start_up
+from servers import kvstore_stats, start_daemons, start_up
 
 pytestmark = pytest.mark.system
 
@@ -30,26 +28,9 @@ TIERS = {"ram": KVSTORE, "ram+disk": KVSTORE_DISK}
 ALWAYS_LOAD = ("--load-policy", "always")
 
 
-def shared_prefix_cases(vocab_size: int, num_requests: int, seed: int = 5):
-    """Requests in 16 families sharing a 48-token prefix (12 blocks each: together 3x the device
-    pool), each with its own suffix."""
-    rng = random.Random(seed)
-    prefixes = [[rng.randrange(1, vocab_size) for _ in range(48)] for _ in range(16)]
-    return [(prefixes[i % 16] + [rng.randrange(1, vocab_size) for _ in range(rng.randint(4, 24))],
-             rng.randint(4, 24)) for i in range(num_requests)]
-
-
 def run_all(stub, cases, num_threads: int = 64):
     with ThreadPoolExecutor(num_threads) as pool:
         return [tokens for tokens, _ in pool.map(lambda c: generate_tokens(stub, *c), cases)]
-
-
-def kvstore_stats(server):
-    client = KVStoreClient(server.kvstore_argv[2], token=TOKEN, timeout_s=5)
-    try:
-        return client.stats()
-    finally:
-        client.close()
 
 
 def wait_idle(stub, timeout_s: float = 30):
