@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.token = kvstore_token(args)
     configure_logging()
+    stop = stop_on_signals()   # before the store exists: a SIGTERM from here on drains and closes it
     prometheus_client.disable_created_metrics()   # as the scheduler's (scheduler/daemon.py)
     config = StoreConfig(ram_bytes=args.ram, shm_dir=args.shm_dir, disk_dir=args.disk,
                          disk_bytes=args.disk_size, fsync=FsyncMode(args.fsync),
@@ -176,7 +177,6 @@ def main(argv: list[str] | None = None) -> int:
     health.mark_ready()
     log.info("listening on %s (ram %d bytes, disk %s, backing %s)", " ".join(bound), args.ram,
              args.disk or "off", describe_backing(args.backing))
-    stop = stop_on_signals()
     stop.wait()
     drain(server, health, GRACE_SECONDS, store.close)
     log.info("stopped")

@@ -120,6 +120,7 @@ def test_the_password_is_required_when_the_server_has_one(tmp_path):
                                env={"STRATA_KVSTORE_BACKING_PASSWORD": "s3cret"})
         assert "backing redis://127.0.0.1" in running.output[-1]
         running.stop()
+        assert running.process.returncode == 0   # SIGTERM drains and closes the store
 
 
 def test_an_acl_user_logs_in_with_its_own_password(server):
