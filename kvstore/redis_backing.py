@@ -12,6 +12,8 @@ never data.
 
 Bounded time: every socket has a small timeout and no retries; the first failure opens a
 circuit, so calls miss at once for `cooldown_s`, then one call probes and a success closes it.
+On a cluster each batch goes as one pipeline per master, each master with its own circuit: a
+master that is down costs the keys it holds, and the others still hit.
 
 Locking: no store lock is taken here; network I/O runs unlocked; the counters have the Backing
 lock, the pending writes and their buffers `queue_lock`, the client `client_lock`, the circuit
@@ -40,6 +42,7 @@ HEADER = struct.Struct("<4sIIQ")   # magic, version, page_bytes, xxh3-64 of the 
 MAGIC, VERSION = b"STKV", 1
 PIPELINE_PAGES = 32   # GETs / SETs per round trip (at 1 MiB pages: 32 MiB a batch)
 PIPELINE_KEYS = 128   # EXISTS per round trip
+FAILED = object()   # the reply of a command whose server did not answer: a miss or a skip
 
 
 @dataclass(slots=True)
@@ -70,6 +73,20 @@ def decode_value(value: bytes | bytearray) -> memoryview | None:
             xxhash.xxh3_64_intdigest(page) != checksum:
         return None
     return page
+
+
+def run_pipeline(client: redis.Redis, names: list[str], add, raise_on_error: bool = True) -> list:
+    """One round trip: `add(pipe, name)` for each name. A command's error raises, or with
+    raise_on_error=False is its reply."""
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        add(pipe, name)
+    return pipe.execute(raise_on_error=raise_on_error)
+
+
+def is_redirect(reply) -> bool:
+    """A cluster's MOVED/ASK reply: the slot lives on another master now."""
+    return isinstance(reply, redis.ResponseError) and str(reply).startswith(("MOVED", "ASK"))
 
 
 class Circuit:
@@ -118,6 +135,7 @@ class RedisBacking(Backing):
         self.config = config
         self.prefix = f"strata:{config.namespace}:"
         self.circuit = Circuit(config.cooldown_s)
+        self.master_circuits: dict[str, Circuit] = {}   # cluster: "host:port" -> its circuit
         self.client: redis.Redis | RedisCluster | None = None
         self.client_lock = threading.Lock()
         self.queue: "queue.Queue[bytes | None]" = queue.Queue()   # keys of `pending`, None: close
@@ -233,16 +251,13 @@ class RedisBacking(Backing):
     def _set_batch(self, names: list[str], values: list[bytes]) -> None:
         ttl_ms = max(1, round(self.config.ttl_s * 1000)) if self.config.ttl_s else None
 
-        def set_all(client) -> bool:
-            pipe = client.pipeline(transaction=False)
-            for name, value in zip(names, values):
-                pipe.set(name, value, nx=True, px=ttl_ms)
-            pipe.execute()
-            return True
-        if self._call("store", set_all, False):
-            self.count("bytes_in", sum(len(value) - HEADER.size for value in values))
-        else:
-            self.count("num_store_skips", len(values))
+        value_of = dict(zip(names, values))
+        replies = self._pipelined("store", names,
+                                  lambda pipe, name: pipe.set(name, value_of[name], nx=True, px=ttl_ms))
+        sent = [value for value, reply in zip(values, replies) if reply is not FAILED]
+        self.count("bytes_in", sum(len(value) - HEADER.size for value in sent))
+        if len(sent) < len(values):
+            self.count("num_store_skips", len(values) - len(sent))
 
     # Reads ---------------------------------------------------------------------------------
 
@@ -253,11 +268,14 @@ class RedisBacking(Backing):
         remote = [key for key in keys if key not in pages]
         for start in range(0, len(remote), PIPELINE_PAGES):
             batch = remote[start:start + PIPELINE_PAGES]
-            values = self._call("fetch", lambda client: self._get_all(client, batch), None)
-            if values is None:
+            values = self._pipelined("fetch", [self.name(key) for key in batch],
+                                     lambda pipe, name: pipe.get(name))
+            if all(value is FAILED for value in values):
                 break
             corrupt = []
             for key, value in zip(batch, values):
+                if value is FAILED:
+                    continue
                 page = decode_value(value) if value is not None else None
                 if page is not None:
                     pages[key] = page
@@ -273,18 +291,7 @@ class RedisBacking(Backing):
                     " ".join(names))
         self.count("num_corrupt", len(names))
 
-        def delete_all(client) -> None:
-            pipe = client.pipeline(transaction=False)
-            for name in names:
-                pipe.delete(name)
-            pipe.execute()
-        self._call("delete", delete_all, None)
-
-    def _get_all(self, client, keys: list[bytes]) -> list[bytes | None]:
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.get(self.name(key))
-        return pipe.execute()
+        self._pipelined("delete", names, lambda pipe, name: pipe.delete(name))
 
     def num_leading_present(self, keys: list[bytes]) -> int:
         with self.queue_lock:   # the leading pages still on their way count as present
@@ -293,20 +300,55 @@ class RedisBacking(Backing):
         keys = keys[num_present:]
         for start in range(0, len(keys), PIPELINE_KEYS):
             batch = keys[start:start + PIPELINE_KEYS]
-            found = self._call("lookup", lambda client: self._exists_all(client, batch), [])
+            found = self._pipelined("lookup", [self.name(key) for key in batch],
+                                    lambda pipe, name: pipe.exists(name))
             for is_present in found:
-                if not is_present:
+                if is_present is FAILED or not is_present:
                     return num_present
                 num_present += 1
-            if len(found) < len(batch):
-                return num_present
         return num_present
 
-    def _exists_all(self, client, keys: list[bytes]) -> list[int]:
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            pipe.exists(self.name(key))
-        return pipe.execute()
+    # Pipelines -----------------------------------------------------------------------------
+
+    def _pipelined(self, action: str, names: list[str], add) -> list:
+        """Each name's reply to the command `add(pipe, name)` queues, FAILED where its server did
+        not answer: one server takes one pipeline; a cluster one pipeline per master."""
+        def send(client) -> list:
+            if isinstance(client, RedisCluster):
+                return self._per_master(action, client, names, add)
+            return run_pipeline(client, names, add)
+        return self._call(action, send, None) or [FAILED] * len(names)
+
+    def _per_master(self, action: str, cluster: RedisCluster, names: list[str], add) -> list:
+        """Unlocked. The names grouped by the master of their slot, a pipeline to each master
+        whose circuit lets it through; a master that fails opens its own circuit and its names
+        are FAILED, the others' replies stand."""
+        groups: dict[str, tuple] = {}
+        for index, name in enumerate(names):
+            node = cluster.get_node_from_key(name)
+            groups.setdefault(node.name, (node, []))[1].append(index)
+        replies = [FAILED] * len(names)
+        for node_name, (node, indices) in groups.items():
+            circuit = self.master_circuits.setdefault(node_name, Circuit(self.config.cooldown_s))
+            if not circuit.can_call():
+                continue
+            try:
+                found = run_pipeline(cluster.get_redis_connection(node),
+                                     [names[i] for i in indices], add, raise_on_error=False)
+            except redis.RedisError as error:
+                if circuit.failed():
+                    log.warning("backing %s on master %s failed (%s: %s): its keys miss for "
+                                "%.1f s, then a probe", action, node_name, type(error).__name__,
+                                error, self.config.cooldown_s)
+                self.count("num_io_errors")
+                continue
+            if circuit.succeeded():
+                log.info("backing master %s is back (%s succeeded)", node_name, action)
+            if any(is_redirect(reply) for reply in found):   # slots moved: learn the new map
+                cluster.nodes_manager.initialize()
+            for index, reply in zip(indices, found):
+                replies[index] = FAILED if isinstance(reply, Exception) else reply
+        return replies
 
     def close(self) -> None:
         self.queue.put(None)
