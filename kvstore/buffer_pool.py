@@ -1,10 +1,10 @@
 """Reusable buffers, bounded in bytes: the Redis backing's write queue holds its page copies in
 them.
 
-Why reuse: fresh memory costs 5-10x a copy on its first touch here (/work/shared/MACHINE.md). A
-queue that allocated a new value per page put 1 MiB pages at 0.6 GB/s where a raw redis-py
-pipeline of one reused value did 2.0 (same server, same run); with these buffers the two are
-close. The cost: the pool's bytes stay allocated once used, up to its limit.
+Why reuse: fresh memory costs 5-10x a copy on its first touch on the development VMs (page
+faults). A queue that allocated a new value per page put 1 MiB pages at 0.6 GB/s where a raw
+redis-py pipeline of one reused value did 2.0 (same server, same run); with these buffers the two
+are close. The cost: the pool's bytes stay allocated once used, up to its limit.
 
 Not thread-safe: the caller holds its own lock around every call.
 """
