@@ -55,6 +55,11 @@ class Segment:
     num_appends: int = 0  # in flight
     entries: list[Entry] = field(default_factory=list)  # may hold entries since forgotten
 
+    @property
+    def has_records(self) -> bool:
+        """Records written or being written (`entries` only lists the written ones)."""
+        return self.num_bytes > ALIGN
+
 
 class PendingAppend(NamedTuple):
     entry: Entry
@@ -179,7 +184,7 @@ class DiskTier:
         """Lock held. The open segment, a new one if the record does not fit (a record bigger
         than a segment gets one of its own)."""
         open_segment = next(reversed(self.segments.values()))
-        if open_segment.entries and open_segment.num_bytes + num_bytes > self.segment_bytes:
+        if open_segment.has_records and open_segment.num_bytes + num_bytes > self.segment_bytes:
             open_segment = self._open_segment(open_segment.seq + 1)
         return open_segment
 
@@ -206,7 +211,7 @@ class DiskTier:
         """Lock held. The oldest segment that can go now; the open one is ended first when it
         is the only one (a budget of less than a few segments, or a disk that filled)."""
         segments = list(self.segments.values())
-        if len(segments) == 1 and segments[0].entries:
+        if len(segments) == 1 and segments[0].has_records:
             self._open_segment(segments[0].seq + 1)
         return next((s for s in segments if self._can_drop(s)), None)
 

@@ -165,3 +165,19 @@ def test_race_a_segment_with_a_page_being_read_is_not_reclaimed_under_it(shm_dir
             reading.num_pins -= 1
         kv.put(uid("one-more"))
         assert 0 not in kv.store.disk.segments
+
+
+def test_a_lease_written_at_once_still_fills_each_segment_to_its_size(shm_dir, tmp_path):
+    """fsync=always hands a whole lease to the tier at once: its 10 records are in flight
+    together, and still no segment takes more than RECORDS_PER_SEGMENT of them."""
+    config = StoreConfig(ram_bytes=12 * PAGE, shm_dir=shm_dir, fsync=FsyncMode.ALWAYS,
+                         disk_bytes=BUDGET, disk_dir=str(tmp_path / "disk"))
+    kv = Harness(Store(config), f"unix:{tmp_path}/kv-{uid('sock')[-12:]}.sock")
+    try:
+        names = [uid(i) for i in range(10)]
+        assert kv.put(*names) == 10
+        segments = [seq for seq, _ in disk_keys(kv).values()]
+        assert sorted(segments.count(seq) for seq in set(segments)) == [2, 4, 4], segments
+        assert kv.get(*names) == expected(names)
+    finally:
+        kv.close()
