@@ -15,23 +15,42 @@ from runtime.token import with_token
 log = logging.getLogger(__name__)
 
 
+# Its own subchannel: a channel opened again gets a new connection attempt, never one shared
+# through grpc's global pool with the channel it replaces.
+CHANNEL_OPTIONS = MESSAGE_OPTIONS + RECONNECT_OPTIONS + [("grpc.use_local_subchannel_pool", 1)]
+
+
 class ExecutorLink:
     def __init__(self, target: str, token: str | None = None):
         self.target = target
-        self.channel = grpc.insecure_channel(target, options=MESSAGE_OPTIONS + RECONNECT_OPTIONS)
-        self.stub = executor_pb2_grpc.ExecutorStub(with_token(self.channel, token))
+        self.token = token
+        self._open()
+
+    def _open(self) -> None:
+        """A new channel and stub in place of the old ones, which are then closed."""
+        old = getattr(self, "channel", None)
+        channel = grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        self.channel, self.stub = channel, executor_pb2_grpc.ExecutorStub(with_token(channel, self.token))
+        if old is not None:
+            old.close()
 
     def wait_until_ready(self, is_stopping=lambda: False, max_backoff_s: float = 5.0) -> bool:
-        """Block until the executor answers (logging each retry); False if asked to stop."""
+        """Block until the executor answers (logging each retry); False if asked to stop.
+        A channel that did not connect within the backoff is closed and opened again: one
+        whose executor was killed (then started again on the same socket) has been seen to
+        stay unconnected for minutes while a new channel connected at once."""
         backoff = 0.2
         while not is_stopping():
+            ready = grpc.channel_ready_future(self.channel)
             try:
-                grpc.channel_ready_future(self.channel).result(timeout=backoff)
+                ready.result(timeout=backoff)
                 self.stub.Describe(executor_pb2.DescribeRequest(), timeout=30)
                 return True
             except grpc.FutureTimeoutError:
                 log.warning("executor at %s is not reachable yet; retrying in %.1fs",
                             self.target, backoff)
+                ready.cancel()
+                self._open()
             except grpc.RpcError as error:   # it answers, but not yet (loading) or not us (token)
                 log.warning("executor at %s answered %s: %s; retrying in %.1fs", self.target,
                             error.code().name, error.details(), backoff)
