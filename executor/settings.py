@@ -48,10 +48,12 @@ def resolve_device(name: str) -> torch.device:
 def _describe_cpu_kernels(model) -> str:
     if model.ops is None:
         return "torch forms"
+    if model.onednn_packed:
+        return ("native C++ (decode attention, fused norm/SiLU/RoPE, K/V write); projections: "
+                "oneDNN's linear on weights reordered once")
     if model.weights.embed.dtype != torch.float32:
-        packed = ("weights reordered once for oneDNN" if model.onednn_packed
-                  else "oneDNN's through F.linear (this torch cannot reorder them once)")
-        return f"native C++ (decode attention, fused norm/SiLU/RoPE, K/V write); projections: {packed}"
+        return ("native C++ (decode attention, fused norm/SiLU/RoPE, K/V write); projections: "
+                "oneDNN's through F.linear (this torch cannot reorder them once)")
     # A packed weight [copies, N, K] is written in about its first N x K slab; the rest of the
     # allocation stays virtual (kernels/csrc/packed_linear_cpu.cpp).
     resident = sum(packed[0].numel() * packed.element_size() for packed in model.packed.values())

@@ -79,8 +79,17 @@ class CausalLM:
         # The fused C++ layers (kernels/csrc/cpu_ops.cpp) for the fp32 or bf16 CPU forward, else None.
         dtype = weights.embed.dtype
         self.ops = native_ops() if device.type == "cpu" and dtype in NATIVE_DTYPES else None
-        # The native linears are fp32 (bf16 projections are oneDNN's, through F.linear).
-        is_native_fp32 = self.ops is not None and dtype == torch.float32
+        # weight.data_ptr() -> the weight in oneDNN's blocked layout, made once (F.linear reorders
+        # a bf16 weight on every call). bf16: 1.2-1.3x at 64 rows, 1.5-2.5x at 1-16 rows,
+        # 1.02-1.1x at 512. fp32: 2.2-3.6x MKL's packed sgemm at 16-512 rows, 1.5-2x MKL's gemv
+        # and the native small-M kernel at 1-16 rows (the 100M Llama's matrices, 2 threads,
+        # AVX512-BF16 EPYC; `python -m bench.kernels`).
+        self.onednn_packed = {}
+        if device.type == "cpu" and dtype in NATIVE_DTYPES and (reorder := onednn_reorder(dtype)) is not None:
+            self.onednn_packed = {weight.data_ptr(): reorder(weight) for weight in _projections(weights)}
+        # Without oneDNN (a torch built without it), fp32 projections use the native small-M
+        # kernel and MKL's packed sgemm, bf16 ones F.linear.
+        is_native_fp32 = self.ops is not None and dtype == torch.float32 and not self.onednn_packed
         self.is_small_linear = is_native_fp32 and self.ops.small_linear_is_fast()
         # weight.data_ptr() -> the weight packed for MKL's sgemm; empty where there is no MKL.
         self.packed = {}
@@ -88,12 +97,6 @@ class CausalLM:
             self.packed = {weight.data_ptr(): self.ops.pack_linear_weight(weight)
                            for weight in _projections(weights)}
         self.small_linear_rows = SMALL_LINEAR_ROWS_WITH_PACKED if self.packed else SMALL_LINEAR_ROWS
-        # weight.data_ptr() -> the bf16 weight in oneDNN's blocked layout, made once (F.linear
-        # reorders it on every call): 1.2-1.3x at 64 rows, 1.5-2.5x at 1-16 rows, 1.02-1.1x at
-        # 512 (the 100M Llama's matrices, 2 threads, AVX512-BF16 EPYC).
-        self.onednn_packed = {}
-        if device.type == "cpu" and dtype == torch.bfloat16 and (reorder := onednn_reorder()) is not None:
-            self.onednn_packed = {weight.data_ptr(): reorder(weight) for weight in _projections(weights)}
 
     @torch.inference_mode()
     def hidden_states(self, batch: BatchInputs, kv_pool: Tensor) -> Tensor:
@@ -116,15 +119,15 @@ class CausalLM:
         return self._linear(hidden, self.weights.lm_head).float()
 
     def _linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-        """x @ weight.T + bias: the small-M kernel for a few rows, else the packed weight's gemm,
-        else F.linear."""
+        """x @ weight.T + bias: oneDNN's linear on the reordered weight, else the small-M kernel
+        for a few rows, else MKL's packed gemm, else F.linear."""
+        if (packed := self.onednn_packed.get(weight.data_ptr())) is not None:
+            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
         if self.is_small_linear and x.shape[0] in self.small_linear_rows and weight.is_contiguous():
             out = self.ops.small_linear(x, weight)
         elif x.shape[0] > 1 and (packed := self.packed.get(weight.data_ptr())) is not None \
                 and x.stride(-1) == 1:   # one row: MKL's gemv is faster than the packed gemm
             out = self.ops.packed_linear(x, packed)
-        elif (packed := self.onednn_packed.get(weight.data_ptr())) is not None:
-            return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
         else:
             return F.linear(x, weight, bias)
         return out if bias is None else out.add_(bias)
@@ -172,14 +175,14 @@ class CausalLM:
         return x.add_(self._linear(ops.silu_and_mul(self._linear(h, layer.gate_up)), layer.down))
 
 
-def onednn_reorder():
-    """torch's op that reorders a bf16 [N, K] weight for oneDNN's linear, or None where this torch
-    has no oneDNN (or not that op: it is internal to torch's inductor)."""
+def onednn_reorder(dtype: torch.dtype = torch.bfloat16):
+    """torch's op that reorders a [N, K] weight of `dtype` for oneDNN's linear, or None where this
+    torch has no oneDNN (or not that op: it is internal to torch's inductor)."""
     try:
         if not torch.backends.mkldnn.is_available():
             return None
         reorder = torch.ops.mkldnn._reorder_linear_weight
-        probe = torch.ones(4, 8, dtype=torch.bfloat16)
+        probe = torch.ones(4, 8, dtype=dtype)
         out = torch.ops.mkldnn._linear_pointwise(probe[:2].contiguous(), reorder(probe, None), None, "none", [], "")
         return reorder if torch.equal(out, F.linear(probe[:2], probe)) else None
     except (AttributeError, RuntimeError):

@@ -89,3 +89,20 @@ def test_bf16_projections_use_the_prepacked_onednn_weights_and_equal_f_linear(ll
     for num_rows in (1, 3, 17, 70):
         x = torch.randn(num_rows, 2 * layer.gate_up.shape[1], generator=generator).bfloat16()[:, ::2]  # strided
         torch.testing.assert_close(model._linear(x, layer.gate_up), torch.nn.functional.linear(x, layer.gate_up))
+
+
+def test_fp32_projections_use_the_prepacked_onednn_weights_and_equal_f_linear(llama_dir):
+    from executor.models.transformer import onednn_reorder
+
+    if onednn_reorder(torch.float32) is None:
+        pytest.skip("this torch has no oneDNN linear")
+    model = build_runner(RunnerSettings(llama_dir, dtype="float32", num_device_blocks=16,
+                                        block_size=BLOCK_SIZE)).loaded.model
+    layer = model.weights.layers[0]
+    assert layer.down.data_ptr() in model.onednn_packed and model.weights.lm_head.data_ptr() in model.onednn_packed
+    assert model.packed == {} and not model.is_small_linear   # MKL's packing is the fallback only
+    generator = torch.Generator().manual_seed(6)
+    for num_rows in (1, 3, 17, 70):
+        x = torch.randn(num_rows, 2 * layer.down.shape[1], generator=generator)[:, ::2]  # strided
+        torch.testing.assert_close(model._linear(x, layer.down), torch.nn.functional.linear(x, layer.down),
+                                   rtol=1e-5, atol=1e-5)
