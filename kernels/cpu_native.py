@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 SOURCES = [Path(__file__).parent / "csrc" / name
            for name in ("module.cpp", "paged_decode_cpu.cpp", "cpu_ops.cpp", "small_linear_cpu.cpp",
                         "packed_linear_cpu.cpp")]
+# Included by the sources: part of the build's name, so an edit rebuilds.
+HEADERS = [Path(__file__).parent / "csrc" / "paged_decode_avx512.h"]
 CFLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffast-math"]
 # The x86-64 micro-architecture levels, by the /proc/cpuinfo flags each adds to the one before.
 _V2 = frozenset({"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"})
@@ -78,7 +80,7 @@ def _build_name(march: str = "native") -> str:
 
     abi = [sys.implementation.cache_tag, sysconfig.get_config_var("EXT_SUFFIX") or ""]
     digest = hashlib.sha256(" ".join([*build_flags(march), torch.__version__, *abi]).encode())
-    for source in SOURCES:
+    for source in SOURCES + HEADERS:
         digest.update(source.read_bytes())
     if march == "native":
         digest.update(" ".join(sorted(cpu_flags())).encode())

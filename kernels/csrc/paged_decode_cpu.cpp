@@ -33,6 +33,9 @@
 #ifdef __F16C__
 #include <immintrin.h>
 #endif
+#ifdef __AVX512F__
+#include "paged_decode_avx512.h"
+#endif
 
 namespace {
 
@@ -231,6 +234,23 @@ torch::Tensor paged_decode(torch::Tensor query, torch::Tensor cache, torch::Tens
   const int32_t* table = tables.data_ptr<int32_t>();
   const int32_t* len = lengths.data_ptr<int32_t>();
   float* o = out.data_ptr<float>();
+#ifdef __AVX512F__
+  if (paged_decode_avx512::handles(head_dim)) {
+    namespace avx = paged_decode_avx512;
+    const int64_t strides[4] = {cache.stride(0), cache.stride(1), cache.stride(2), cache.stride(3)};
+    const int64_t block_size = cache.size(2), num_kv_heads = cache.size(3), max_blocks = tables.size(1);
+    if (kind == torch::kFloat32)
+      avx::attend(cache.data_ptr<float>(), strides, block_size, num_kv_heads, q, table, len, o, num_seqs,
+                  num_heads, head_dim, max_blocks);
+    else if (kind == torch::kFloat16)
+      avx::attend(cache.data_ptr<at::Half>(), strides, block_size, num_kv_heads, q, table, len, o, num_seqs,
+                  num_heads, head_dim, max_blocks);
+    else
+      avx::attend(cache.data_ptr<at::BFloat16>(), strides, block_size, num_kv_heads, q, table, len, o,
+                  num_seqs, num_heads, head_dim, max_blocks);
+    return out;
+  }
+#endif
   if (kind == torch::kFloat32)
     attend_all<float>(cache, q, table, len, o, num_seqs, num_heads, head_dim, tables.size(1));
   else if (kind == torch::kFloat16)

@@ -59,6 +59,19 @@ def test_native_decode_equals_twin_per_shape(block_size, num_heads, num_kv_heads
                                paged_attention_torch(*batch, scale=scale), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_native_decode_equals_twin_where_the_softmax_is_peaked_or_flat(head_dim):
+    """Scores spread over hundreds (exp underflows for all but a few tokens) and all equal:
+    the AVX-512 body's polynomial exp and its clamp agree with torch's softmax."""
+    ctx_lens = [1, 2, 31, 64, 257]
+    query, layer_cache, tables, lens, starts = make_batch(16, 12, 4, [1] * len(ctx_lens), ctx_lens, seed=9,
+                                                          head_dim=head_dim)
+    for scale in (40.0 / head_dim, 0.0):
+        torch.testing.assert_close(native(query, layer_cache, tables, lens, scale),
+                                   paged_attention_torch(query, layer_cache, tables, lens, starts, scale=scale),
+                                   atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("cache_dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [64, 128, 40])   # 40: the F16C loop's 8-wide body plus a tail
 def test_native_decode_reads_16_bit_caches_like_the_twin(cache_dtype, head_dim):
