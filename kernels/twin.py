@@ -59,8 +59,8 @@ def paged_attention_torch(
     if native_decode is not None and starts == list(range(len(context_lens) + 1)):
         # Every sequence decodes one token, in order: no rows to pick out or put back (a
         # tenth of a decode step's attention at 64 sequences).
-        return native_decode(query.float().contiguous(), layer_cache, block_tables.int(), seq_lens.int(),
-                             scale).to(query.dtype)
+        rows = query if query.stride(-1) == 1 else query.contiguous()   # the kernel reads any row strides
+        return native_decode(rows, layer_cache, block_tables.int(), seq_lens.int(), scale).to(query.dtype)
     out = torch.empty(query.shape, dtype=torch.float32, device=query.device)
     decode_seqs = []
     for seq, context_len in enumerate(context_lens):

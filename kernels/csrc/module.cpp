@@ -15,7 +15,7 @@ torch::Tensor pack_linear_weight(torch::Tensor w);
 torch::Tensor packed_linear(torch::Tensor x, torch::Tensor packed);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("paged_decode", &paged_decode, "paged decode attention, fp32 math, fp32/fp16/bf16 K/V read in place");
+  m.def("paged_decode", &paged_decode, "paged decode attention, fp32 math, fp32/fp16/bf16 queries (any row strides) and K/V read in place");
   m.def("rms_norm", &rms_norm, "RMSNorm per row, fp32");
   m.def("add_rms_norm", &add_rms_norm, "residual += delta in place, then RMSNorm of it");
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up of a fused [T, 2I] projection");

@@ -213,21 +213,44 @@ void attend_all(const torch::Tensor& cache, const float* q, const int32_t* table
   });
 }
 
+// dst [B, H, D] dense fp32 = query [B, H, D] (any strides but a dense last dim) * scale.
+template <typename T>
+void scale_rows(const T* src, const torch::Tensor& query, float scale, float* __restrict dst) {
+  const int64_t B = query.size(0), H = query.size(1), D = query.size(2);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      const T* row = src + b * query.stride(0) + h * query.stride(1);
+      float* out = dst + (b * H + h) * D;
+#pragma omp simd
+      for (int64_t i = 0; i < D; ++i) out[i] = static_cast<float>(row[i]) * scale;
+    }
+}
+
 }  // namespace
 
-// query [B, H, D] fp32; cache [N, 2, bs, Hkv, D] fp32, fp16 or bf16 with D dense;
+// query [B, H, D] fp32, bf16 or fp16; cache [N, 2, bs, Hkv, D] fp32, fp16 or bf16 with D dense;
 // block_tables [B, M] int32; lens [B] int32. Returns [B, H, D] fp32.
 torch::Tensor paged_decode(torch::Tensor query, torch::Tensor cache, torch::Tensor block_tables,
                            torch::Tensor lens, double scale) {
-  const auto kind = cache.scalar_type();
-  TORCH_CHECK(query.dtype() == torch::kFloat32, "fp32 queries only");
+  const auto kind = cache.scalar_type(), query_kind = query.scalar_type();
+  TORCH_CHECK(query_kind == torch::kFloat32 || query_kind == torch::kBFloat16 || query_kind == torch::kFloat16,
+              "query dtype must be float32, bfloat16 or float16");
   TORCH_CHECK(kind == torch::kFloat32 || kind == torch::kFloat16 || kind == torch::kBFloat16,
               "cache dtype must be float32, float16 or bfloat16");
-  TORCH_CHECK(query.dim() == 3 && cache.dim() == 5 && cache.stride(4) == 1, "head_dim dense");
+  TORCH_CHECK(query.dim() == 3 && query.stride(2) == 1 && cache.dim() == 5 && cache.stride(4) == 1,
+              "head_dim dense");
   TORCH_CHECK(block_tables.dtype() == torch::kInt32 && lens.dtype() == torch::kInt32, "int32 tables");
   auto tables = block_tables.contiguous();
   auto lengths = lens.contiguous();
-  auto scaled = (query * scale).contiguous();
+  // The scaled fp32 queries, read through the query's strides (a view of the fused qkv) in one
+  // pass on this thread: no torch ops, whose thread wake-ups cost more than this at decode sizes.
+  auto scaled = torch::empty(query.sizes(), query.options().dtype(torch::kFloat32));
+  if (query_kind == torch::kFloat32)
+    scale_rows(query.data_ptr<float>(), query, float(scale), scaled.data_ptr<float>());
+  else if (query_kind == torch::kBFloat16)
+    scale_rows(query.data_ptr<at::BFloat16>(), query, float(scale), scaled.data_ptr<float>());
+  else
+    scale_rows(query.data_ptr<at::Half>(), query, float(scale), scaled.data_ptr<float>());
   auto out = torch::empty_like(scaled);
   const int64_t num_seqs = query.size(0), num_heads = query.size(1), head_dim = query.size(2);
   const float* q = scaled.data_ptr<float>();

@@ -72,6 +72,20 @@ def test_native_decode_equals_twin_where_the_softmax_is_peaked_or_flat(head_dim)
                                    atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("query_dtype", [torch.bfloat16, torch.float16])
+def test_native_decode_reads_16_bit_and_strided_queries_as_their_fp32_values(query_dtype):
+    """The executor passes q as it comes out of the fused qkv: 16-bit, rows strided apart."""
+    ctx_lens = [1, 16, 17, 95, 300]
+    _, layer_cache, tables, lens, _ = make_batch(16, 12, 4, [1] * len(ctx_lens), ctx_lens, seed=11, head_dim=64)
+    fused = torch.randn(len(ctx_lens), (12 + 2 * 4) * 64, generator=torch.Generator().manual_seed(3)).to(query_dtype)
+    query = fused[:, :12 * 64].view(len(ctx_lens), 12, 64)   # strided rows, dense head_dim
+    assert not query.is_contiguous()
+    expected = native(query.float().contiguous(), layer_cache, tables, lens, 0.125)
+    assert torch.equal(native(query, layer_cache, tables, lens, 0.125), expected)
+    with pytest.raises(RuntimeError, match="query dtype"):
+        native(query.double(), layer_cache, tables, lens, 0.125)
+
+
 @pytest.mark.parametrize("cache_dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("head_dim", [64, 128, 40])   # 40: the F16C loop's 8-wide body plus a tail
 def test_native_decode_reads_16_bit_caches_like_the_twin(cache_dtype, head_dim):
