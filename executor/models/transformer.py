@@ -81,8 +81,8 @@ class CausalLM:
         self.ops = native_ops() if device.type == "cpu" and dtype in NATIVE_DTYPES else None
         # weight.data_ptr() -> the weight in oneDNN's blocked layout, made once (F.linear reorders
         # a bf16 weight on every call). bf16: 1.2-1.3x at 64 rows, 1.5-2.5x at 1-16 rows,
-        # 1.02-1.1x at 512. fp32: 2.2-3.6x MKL's packed sgemm at 16-512 rows, 1.5-2x MKL's gemv
-        # and the native small-M kernel at 1-16 rows (the 100M Llama's matrices, 2 threads,
+        # 1.02-1.1x at 512. fp32: 2.2-3.9x MKL's packed sgemm at 16-512 rows, 1.5-2.5x MKL's gemv
+        # at one row, 1.3-3.4x the native small-M kernel at 2-16 rows (one shape even) (the 100M Llama's matrices, 2 threads,
         # AVX512-BF16 EPYC; `python -m bench.kernels`).
         self.onednn_packed = {}
         if device.type == "cpu" and dtype in NATIVE_DTYPES and (reorder := onednn_reorder(dtype)) is not None:
