@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels.cpu_native import native_decode, native_ops
+from kernels.cpu_native import native_decode, native_ops, native_prefill
 from kernels.twin import paged_attention_torch, write_kv_torch
 
 # Cache dtypes the compiled decode kernel reads (it widens 16-bit rows to fp32 as it goes).
@@ -61,9 +61,10 @@ def paged_attention(
     """
     if query.is_cuda:
         return paged_attention_triton(query, layer_cache, block_tables, seq_lens, query_start_loc, scale)
-    native = native_decode() if layer_cache.dtype in NATIVE_CACHE_DTYPES else None
+    is_native = layer_cache.dtype in NATIVE_CACHE_DTYPES
     return paged_attention_torch(query, layer_cache, block_tables, seq_lens, query_start_loc, scale,
-                                 native)
+                                 native_decode() if is_native else None,
+                                 native_prefill() if is_native else None)
 
 
 def write_kv_triton(layer_cache: Tensor, key: Tensor, value: Tensor, slot_mapping: Tensor) -> None:

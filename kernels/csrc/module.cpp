@@ -3,6 +3,8 @@
 
 torch::Tensor paged_decode(torch::Tensor query, torch::Tensor cache, torch::Tensor block_tables,
                            torch::Tensor lens, double scale);
+torch::Tensor paged_prefill(torch::Tensor query, torch::Tensor cache, torch::Tensor block_table,
+                            int64_t context_len, double scale);
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps);
 torch::Tensor add_rms_norm(torch::Tensor residual, torch::Tensor delta, torch::Tensor weight, double eps);
 torch::Tensor silu_and_mul(torch::Tensor gate_up);
@@ -16,6 +18,7 @@ torch::Tensor packed_linear(torch::Tensor x, torch::Tensor packed);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode", &paged_decode, "paged decode attention, fp32 math, fp32/fp16/bf16 queries (any row strides) and K/V read in place");
+  m.def("paged_prefill", &paged_prefill, "one sequence's prefill chunk, causal over its paged context, fp32 math and result");
   m.def("rms_norm", &rms_norm, "RMSNorm per row, fp32");
   m.def("add_rms_norm", &add_rms_norm, "residual += delta in place, then RMSNorm of it");
   m.def("silu_and_mul", &silu_and_mul, "silu(gate) * up of a fused [T, 2I] projection");

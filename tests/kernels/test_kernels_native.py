@@ -1,15 +1,16 @@
 """The compiled CPU kernels equal their torch forms: decode attention equals the torch twin (the
 oracle) on decode-only and mixed batches, across block sizes, GQA groups, head sizes (64 and 128
 are compiled specially), odd lengths and fp32/fp16/bf16 caches; the fused RMSNorm, SiLU-and-mul
-and RoPE equal the model's torch forms; the small-M and the packed linear equal F.linear."""
+and RoPE equal the model's torch forms; the small-M and the packed linear equal F.linear; prefill
+attention equals the twin's SDPA on whole prompts and on chunks of a longer context."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from executor.models.transformer import apply_rope, rms_norm
 from kernels import paged_attention
-from kernels.cpu_native import native_decode, native_ops
-from kernels.twin import paged_attention_torch, write_kv_torch
+from kernels.cpu_native import native_decode, native_ops, native_prefill
+from kernels.twin import MAX_NATIVE_PREFILL_CONTEXT, paged_attention_torch, write_kv_torch
 
 native = native_decode()
 pytestmark = pytest.mark.skipif(native is None, reason="no C++ compiler or ninja on this host")
@@ -111,6 +112,80 @@ def test_mixed_prefill_and_decode_batch_through_the_dispatcher():
     batch = make_batch(16, 6, 2, q_lens, ctx_lens, seed=3)
     torch.testing.assert_close(paged_attention(*batch, scale=0.2), paged_attention_torch(*batch, scale=0.2),
                                atol=1e-5, rtol=1e-5)
+
+
+# ---- prefill attention (csrc/paged_prefill_cpu.cpp) against the twin's SDPA --------------------
+prefill = native_prefill()
+
+
+@pytest.mark.parametrize("block_size, num_heads, num_kv_heads, head_dim", [
+    (16, 12, 4, 64),    # the model's shape
+    (16, 12, 4, 128),
+    (8, 14, 2, 80),     # GQA groups of 7, blocks of 8, a head size of no special case
+    (32, 7, 1, 64),     # one KV head
+    (16, 4, 4, 32),     # no GQA
+])
+def test_native_prefill_equals_twin_on_prompts_and_chunks(block_size, num_heads, num_kv_heads, head_dim):
+    """Whole prompts (q_len = context) and chunks (the last q_len positions of a longer context),
+    lengths on and off the edges of blocks and of the kernel's 32-query blocks, in one batch."""
+    ctx_lens = [2, 31, 33, 64, 97, 300, 130]
+    q_lens = [2, 31, 1 + 32, 64, 5, 300, 65]
+    batch = make_batch(block_size, num_heads, num_kv_heads, q_lens, ctx_lens, seed=13, head_dim=head_dim)
+    scale = head_dim ** -0.5
+    torch.testing.assert_close(paged_attention_torch(*batch, scale=scale, native_prefill=prefill),
+                               paged_attention_torch(*batch, scale=scale), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float16, torch.bfloat16])
+def test_native_prefill_reads_16_bit_caches_and_strided_16_bit_queries(cache_dtype):
+    """As the executor calls it: q a strided view of the fused qkv, in the cache's dtype; the
+    result is fp32 and equals the twin, which widens the same rounded values."""
+    _, layer_cache, tables, lens, _ = make_batch(16, 12, 4, [1], [200], seed=17, head_dim=64)
+    layer_cache = layer_cache.to(cache_dtype)
+    fused = torch.randn(150, (12 + 2 * 4) * 64, generator=torch.Generator().manual_seed(4)).to(cache_dtype)
+    query = fused[:, :12 * 64].view(150, 12, 64)
+    assert not query.is_contiguous()
+    got = prefill(query, layer_cache, tables[0], 200, 0.125)
+    assert got.dtype == torch.float32
+    expected = paged_attention_torch(query.float(), layer_cache, tables, lens, torch.tensor([0, 150]).int(), 0.125)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_native_prefill_where_the_softmax_is_peaked_or_flat():
+    """Peaked: scores spread over hundreds, against the twin. Flat (scale 0): every query's
+    output is the mean of the V rows up to its position (the twin's SDPA gives NaN there)."""
+    query, layer_cache, tables, lens, starts = make_batch(16, 12, 4, [100], [100], seed=19, head_dim=64)
+    torch.testing.assert_close(prefill(query, layer_cache, tables[0], 100, 40.0 / 64),
+                               paged_attention_torch(query, layer_cache, tables, lens, starts, scale=40.0 / 64),
+                               atol=1e-5, rtol=1e-5)
+    values = layer_cache[tables[0].long(), 1].reshape(-1, 4, 64)[:100]           # [t, kv head, D]
+    running_mean = values.cumsum(0) / torch.arange(1, 101)[:, None, None]
+    expected = running_mean.repeat_interleave(3, dim=1)                           # query head h reads kv h // 3
+    torch.testing.assert_close(prefill(query, layer_cache, tables[0], 100, 0.0), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_dispatcher_takes_the_native_prefill_only_up_to_its_context_bound(monkeypatch):
+    """Chunks over at most MAX_NATIVE_PREFILL_CONTEXT tokens go to the kernel, longer ones to SDPA."""
+    calls = []
+    monkeypatch.setattr("kernels.native_prefill", lambda: lambda *args: calls.append(args[3]) or prefill(*args))
+    longest = MAX_NATIVE_PREFILL_CONTEXT + 1
+    batch = make_batch(16, 6, 2, [9, 3], [MAX_NATIVE_PREFILL_CONTEXT, longest], seed=21)
+    # make_batch's pool has 64 blocks: enough for both contexts at block size 16.
+    torch.testing.assert_close(paged_attention(*batch, scale=0.2), paged_attention_torch(*batch, scale=0.2),
+                               atol=1e-5, rtol=1e-5)
+    assert calls == [MAX_NATIVE_PREFILL_CONTEXT]
+
+
+def test_native_prefill_rejects_what_it_cannot_compute():
+    query, layer_cache, tables, _, _ = make_batch(16, 6, 2, [20], [20])
+    with pytest.raises(RuntimeError, match="more queries than context"):
+        prefill(query, layer_cache, tables[0], 10, 0.1)
+    with pytest.raises(RuntimeError, match="a block for every context position"):
+        prefill(query, layer_cache, tables[0][:1], 20, 0.1)
+    with pytest.raises(RuntimeError, match="multiple of KV heads"):
+        prefill(query[:, :5], layer_cache, tables[0], 20, 0.1)
+    with pytest.raises(RuntimeError, match="cache dtype"):
+        prefill(query, layer_cache.double(), tables[0], 20, 0.1)
 
 
 # ---- the fused CPU layers (csrc/cpu_ops.cpp) against the torch forms of the model -------------
