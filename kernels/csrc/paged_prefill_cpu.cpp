@@ -21,7 +21,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
 #include <vector>
 #ifdef __AVX512F__
 #include "paged_decode_avx512.h"   // exp_nonpositive, tail_mask
