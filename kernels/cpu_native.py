@@ -44,7 +44,7 @@ SOURCES = [Path(__file__).parent / "csrc" / name
            for name in ("module.cpp", "paged_decode_cpu.cpp", "cpu_ops.cpp", "small_linear_cpu.cpp",
                         "packed_linear_cpu.cpp", "paged_prefill_cpu.cpp")]
 # Included by the sources: part of the build's name, so an edit rebuilds.
-HEADERS = [Path(__file__).parent / "csrc" / "paged_decode_avx512.h"]
+HEADERS = [Path(__file__).parent / "csrc" / name for name in ("paged_decode_avx512.h", "attention_checks.h")]
 CFLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffast-math"]
 # The x86-64 micro-architecture levels, by the /proc/cpuinfo flags each adds to the one before.
 _V2 = frozenset({"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"})

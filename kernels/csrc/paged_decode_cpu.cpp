@@ -25,6 +25,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "attention_checks.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -233,12 +235,7 @@ void scale_rows(const T* src, const torch::Tensor& query, float scale, float* __
 torch::Tensor paged_decode(torch::Tensor query, torch::Tensor cache, torch::Tensor block_tables,
                            torch::Tensor lens, double scale) {
   const auto kind = cache.scalar_type(), query_kind = query.scalar_type();
-  TORCH_CHECK(query_kind == torch::kFloat32 || query_kind == torch::kBFloat16 || query_kind == torch::kFloat16,
-              "query dtype must be float32, bfloat16 or float16");
-  TORCH_CHECK(kind == torch::kFloat32 || kind == torch::kFloat16 || kind == torch::kBFloat16,
-              "cache dtype must be float32, float16 or bfloat16");
-  TORCH_CHECK(query.dim() == 3 && query.stride(2) == 1 && cache.dim() == 5 && cache.stride(4) == 1,
-              "head_dim dense");
+  check_query_and_cache(query, cache);
   TORCH_CHECK(block_tables.dtype() == torch::kInt32 && lens.dtype() == torch::kInt32, "int32 tables");
   auto tables = block_tables.contiguous();
   auto lengths = lens.contiguous();

@@ -18,6 +18,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "attention_checks.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -185,13 +187,8 @@ void prefill_query(const torch::Tensor& cache, const torch::Tensor& query, const
 // block_table [>= ceil(context_len / bs)] int32. Returns [L, H, D] fp32.
 torch::Tensor paged_prefill(torch::Tensor query, torch::Tensor cache, torch::Tensor block_table,
                             int64_t context_len, double scale) {
-  const auto kind = cache.scalar_type(), query_kind = query.scalar_type();
-  TORCH_CHECK(query_kind == torch::kFloat32 || query_kind == torch::kBFloat16 || query_kind == torch::kFloat16,
-              "query dtype must be float32, bfloat16 or float16");
-  TORCH_CHECK(kind == torch::kFloat32 || kind == torch::kFloat16 || kind == torch::kBFloat16,
-              "cache dtype must be float32, float16 or bfloat16");
-  TORCH_CHECK(query.dim() == 3 && query.stride(2) == 1 && cache.dim() == 5 && cache.stride(4) == 1,
-              "head_dim dense");
+  const auto kind = cache.scalar_type();
+  check_query_and_cache(query, cache);
   TORCH_CHECK(query.size(1) % cache.size(3) == 0, "query heads must be a multiple of KV heads");
   TORCH_CHECK(query.size(2) == cache.size(4), "query and cache head_dim differ");
   TORCH_CHECK(context_len >= query.size(0), "more queries than context");
