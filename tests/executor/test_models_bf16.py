@@ -86,9 +86,11 @@ def test_bf16_projections_use_the_prepacked_onednn_weights_and_equal_f_linear(ll
     layer = model.weights.layers[0]
     assert layer.gate_up.data_ptr() in model.onednn_packed and model.weights.lm_head.data_ptr() in model.onednn_packed
     generator = torch.Generator().manual_seed(5)
-    for num_rows in (1, 3, 17, 70):
+    for num_rows in (1, 3, 17, 70, 130):   # past ONEDNN_EXACT_ROWS: rows padded to a multiple of 16
         x = torch.randn(num_rows, 2 * layer.gate_up.shape[1], generator=generator).bfloat16()[:, ::2]  # strided
-        torch.testing.assert_close(model._linear(x, layer.gate_up), torch.nn.functional.linear(x, layer.gate_up))
+        out = model._linear(x, layer.gate_up)
+        assert out.shape == (num_rows, layer.gate_up.shape[0]) and out.is_contiguous()
+        torch.testing.assert_close(out, torch.nn.functional.linear(x, layer.gate_up))
 
 
 def test_fp32_projections_use_the_prepacked_onednn_weights_and_equal_f_linear(llama_dir):
@@ -102,7 +104,7 @@ def test_fp32_projections_use_the_prepacked_onednn_weights_and_equal_f_linear(ll
     assert layer.down.data_ptr() in model.onednn_packed and model.weights.lm_head.data_ptr() in model.onednn_packed
     assert model.packed == {} and not model.is_small_linear   # MKL's packing is the fallback only
     generator = torch.Generator().manual_seed(6)
-    for num_rows in (1, 3, 17, 70):
+    for num_rows in (1, 3, 17, 70, 130):
         x = torch.randn(num_rows, 2 * layer.down.shape[1], generator=generator)[:, ::2]  # strided
         torch.testing.assert_close(model._linear(x, layer.down), torch.nn.functional.linear(x, layer.down),
                                    rtol=1e-5, atol=1e-5)
