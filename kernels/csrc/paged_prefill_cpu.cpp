@@ -10,11 +10,11 @@
 // items are spread over torch's intra-op pool. Keys past a block's last query are never
 // multiplied, so a long chunk skips about half of the square. All math is fp32: the result
 // equals the fp32 SDPA of the same queries to float rounding.
-// Measured against torch's SDPA on the same chunk (2-vCPU AVX512-BF16 EPYC, 12 heads / 4 KV
-// heads, D 64, bf16 K/V, both including the read of the pool; q_len @ context): 128 @ 128 0.58
-// vs 1.37 ms, 300 @ 300 2.69 vs 4.19, 512 @ 512 7.5 vs 9.6, 150 @ 1400 11.3 vs 12.1, 256 @ 1024
-// 11.9 vs 9.3, 512 @ 1500 36.7 vs 29.6: SDPA's tiling wins once a row of scores outgrows the
-// cache, so kernels/twin.py calls this kernel for contexts up to MAX_NATIVE_PREFILL_CONTEXT.
+// Measured against torch's SDPA on the same chunk (2-vCPU AVX-512 Xeon, 2 threads, 12 heads / 4
+// KV heads, D 64, bf16 K/V, both including the read of the pool; q_len @ context): 128 @ 128 0.33
+// vs 0.80 ms, 300 @ 300 1.18 vs 2.73, 512 @ 512 2.7 vs 6.3, 256 @ 1024 4.8 vs 7.3, 512 @ 1536
+// 13.2 vs 19.9, 2048 @ 8192 406 vs 577; kernels/twin.py calls this kernel for contexts up to
+// MAX_NATIVE_PREFILL_CONTEXT.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 

@@ -168,12 +168,13 @@ def test_the_dispatcher_takes_the_native_prefill_only_up_to_its_context_bound(mo
     """Chunks over at most MAX_NATIVE_PREFILL_CONTEXT tokens go to the kernel, longer ones to SDPA."""
     calls = []
     monkeypatch.setattr("kernels.native_prefill", lambda: lambda *args: calls.append(args[3]) or prefill(*args))
-    longest = MAX_NATIVE_PREFILL_CONTEXT + 1
-    batch = make_batch(16, 6, 2, [9, 3], [MAX_NATIVE_PREFILL_CONTEXT, longest], seed=21)
-    # make_batch's pool has 64 blocks: enough for both contexts at block size 16.
+    bound = 480   # the real bound's contexts outgrow make_batch's pool of 64 blocks of 16
+    assert MAX_NATIVE_PREFILL_CONTEXT > bound
+    monkeypatch.setattr("kernels.twin.MAX_NATIVE_PREFILL_CONTEXT", bound)
+    batch = make_batch(16, 6, 2, [9, 3], [bound, bound + 1], seed=21)
     torch.testing.assert_close(paged_attention(*batch, scale=0.2), paged_attention_torch(*batch, scale=0.2),
                                atol=1e-5, rtol=1e-5)
-    assert calls == [MAX_NATIVE_PREFILL_CONTEXT]
+    assert calls == [bound]
 
 
 def test_native_prefill_rejects_what_it_cannot_compute():
