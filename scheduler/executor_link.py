@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 # Its own subchannel: a channel opened again gets a new connection attempt, never one shared
 # through grpc's global pool with the channel it replaces.
 CHANNEL_OPTIONS = MESSAGE_OPTIONS + RECONNECT_OPTIONS + [("grpc.use_local_subchannel_pool", 1)]
+# How often an executor that answers "still loading" is asked again.
+LOADING_POLL_S = 0.2
 
 
 class ExecutorLink:
@@ -39,7 +41,7 @@ class ExecutorLink:
         A channel that did not connect within the backoff is closed and opened again: one
         whose executor was killed (then started again on the same socket) has been seen to
         stay unconnected for minutes while a new channel connected at once."""
-        backoff = 0.2
+        backoff, next_log = 0.2, 0.0
         while not is_stopping():
             ready = grpc.channel_ready_future(self.channel)
             try:
@@ -52,6 +54,17 @@ class ExecutorLink:
                 ready.cancel()
                 self._open()
             except grpc.RpcError as error:   # it answers, but not yet (loading) or not us (token)
+                if error.code() == grpc.StatusCode.UNAVAILABLE:
+                    # Loading its model: asking again is one local RPC, so ask every
+                    # LOADING_POLL_S (a doubling wait lost up to 5 s of start-up once it was
+                    # ready) and say so every few seconds.
+                    now = time.monotonic()
+                    if now >= next_log:
+                        log.warning("executor at %s answered %s: %s; asking again every %.1fs", self.target,
+                                    error.code().name, error.details(), LOADING_POLL_S)
+                        next_log = now + max_backoff_s
+                    time.sleep(LOADING_POLL_S)
+                    continue
                 log.warning("executor at %s answered %s: %s; retrying in %.1fs", self.target,
                             error.code().name, error.details(), backoff)
                 time.sleep(backoff)

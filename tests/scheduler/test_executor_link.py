@@ -73,3 +73,33 @@ def test_wait_until_ready_returns_false_when_asked_to_stop(tmp_path):
         assert link.wait_until_ready(is_stopping=lambda: True) is False
     finally:
         link.close()
+
+
+class Loader(executor_pb2_grpc.ExecutorServicer):
+    """Answers UNAVAILABLE (loading its model) to its first `loading` Describes."""
+
+    def __init__(self, loading: int) -> None:
+        self.loading, self.calls = loading, 0
+
+    def Describe(self, request, context):
+        self.calls += 1
+        if self.calls <= self.loading:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the executor is still loading its model; retry")
+        return executor_pb2.DescribeResponse(block_size=16, num_blocks=9)
+
+
+def test_a_loading_executor_is_asked_again_every_poll_interval_not_after_a_doubling_wait(tmp_path):
+    target = f"unix:{tmp_path / 'executor.sock'}"
+    loader = Loader(loading=6)
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    executor_pb2_grpc.add_ExecutorServicer_to_server(loader, server)
+    server.add_insecure_port(target)
+    server.start()
+    link = ExecutorLink(target)
+    try:
+        assert link.wait_until_ready(max_backoff_s=5.0)
+        # six refusals at LOADING_POLL_S each; doubling from 0.2 s would have waited 12.6 s
+        assert loader.calls == 7 and link.describe().num_blocks == 9
+    finally:
+        link.close()
+        server.stop(None)
